@@ -1,0 +1,32 @@
+"""The ``bonescan`` console command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from pipeline import __version__
+from pipeline.cli import check, db
+
+app = typer.Typer(
+    name="bonescan",
+    help="bonescan: finds bone metastases in whole-body bone scans and returns DICOM SEG to PACS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the bonescan version."""
+    typer.echo(f"bonescan {__version__}")
+
+
+# Command groups register here, one line each (module per group, see STYLE.md).
+app.command(name="check")(check.check)
+app.add_typer(db.app, name="db")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
