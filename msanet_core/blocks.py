@@ -6,6 +6,7 @@ take/return ``(N, C, H, W)`` float tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -17,17 +18,21 @@ class ConvBNReLU(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.Conv2d(
+                in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 
 
 class DoubleConv(nn.Sequential):
-    """U-Net double 3×3 Conv-BN-ReLU: the stand-in for CDC/MSFE/RMS when an ablation removes them."""
+    """U-Net double 3×3 Conv-BN-ReLU: stands in for CDC/MSFE/RMS when an ablation removes them."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(ConvBNReLU(in_channels, out_channels), ConvBNReLU(out_channels, out_channels))
+        super().__init__(
+            ConvBNReLU(in_channels, out_channels), ConvBNReLU(out_channels, out_channels)
+        )
 
 
 class CDC(nn.Sequential):
@@ -39,8 +44,10 @@ class CDC(nn.Sequential):
     def __init__(
         self, in_channels: int, out_channels: int, dilations: Sequence[int] = (1, 2, 4, 1, 2, 4)
     ) -> None:
-        layers = [ConvBNReLU(in_channels if i == 0 else out_channels, out_channels, d)
-                  for i, d in enumerate(dilations)]
+        layers = [
+            ConvBNReLU(in_channels if i == 0 else out_channels, out_channels, d)
+            for i, d in enumerate(dilations)
+        ]
         super().__init__(*layers)
 
 
@@ -66,8 +73,9 @@ class CRAC(nn.Module):
         l1, l2, l3, l4, l5, l6 = self.layers
         y1 = l1(x)
         y3 = l3(l2(y1)) + y1
-        y4 = l4(y3)
-        return l6(l5(y4)) + y4
+        y4: torch.Tensor = l4(y3)
+        out: torch.Tensor = l6(l5(y4)) + y4
+        return out
 
 
 class BasicConv(nn.Sequential):
@@ -78,14 +86,22 @@ class BasicConv(nn.Sequential):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         dilation: int = 1,
         relu: bool = True,
+        momentum: float = 0.01,
     ) -> None:
         padding = dilation * (kernel_size - 1) // 2
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding,
-                      dilation=dilation, bias=False),
-            nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.01),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                padding=padding,
+                dilation=dilation,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels, eps=1e-5, momentum=momentum),
         ]
         if relu:
             layers.append(nn.ReLU(inplace=True))
@@ -107,33 +123,36 @@ class RFBBranches(nn.Module):
         out_channels: int,
         dilations: Sequence[int] = (1, 3, 5),
         scale: float = 1.0,
+        bn_momentum: float = 0.01,
     ) -> None:
         super().__init__()
+        conv = functools.partial(BasicConv, momentum=bn_momentum)
         inter = max(in_channels // 8, 2)  # RFBNet: in_planes // 8 (floor 2 for tiny widths)
         d0, d1, d2 = dilations
         self.scale = scale
         self.branch0 = nn.Sequential(
-            BasicConv(in_channels, 2 * inter, 1),
-            BasicConv(2 * inter, 2 * inter, 3, dilation=d0, relu=False),
+            conv(in_channels, 2 * inter, 1),
+            conv(2 * inter, 2 * inter, 3, dilation=d0, relu=False),
         )
         self.branch1 = nn.Sequential(
-            BasicConv(in_channels, inter, 1),
-            BasicConv(inter, 2 * inter, 3),
-            BasicConv(2 * inter, 2 * inter, 3, dilation=d1, relu=False),
+            conv(in_channels, inter, 1),
+            conv(inter, 2 * inter, 3),
+            conv(2 * inter, 2 * inter, 3, dilation=d1, relu=False),
         )
         mid = (inter // 2) * 3
         self.branch2 = nn.Sequential(
-            BasicConv(in_channels, inter, 1),
-            BasicConv(inter, mid, 3),
-            BasicConv(mid, 2 * inter, 3),
-            BasicConv(2 * inter, 2 * inter, 3, dilation=d2, relu=False),
+            conv(in_channels, inter, 1),
+            conv(inter, mid, 3),
+            conv(mid, 2 * inter, 3),
+            conv(2 * inter, 2 * inter, 3, dilation=d2, relu=False),
         )
-        self.conv_linear = BasicConv(6 * inter, out_channels, 1, relu=False)
-        self.shortcut = BasicConv(in_channels, out_channels, 1, relu=False)
+        self.conv_linear = conv(6 * inter, out_channels, 1, relu=False)
+        self.shortcut = conv(in_channels, out_channels, 1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), dim=1)
-        return self.conv_linear(branches) * self.scale + self.shortcut(x)
+        out: torch.Tensor = self.conv_linear(branches) * self.scale + self.shortcut(x)
+        return out
 
 
 class MSFE(nn.Module):
@@ -145,15 +164,20 @@ class MSFE(nn.Module):
         out_channels: int,
         crac_dilations: Sequence[int] = (1, 2, 4, 1, 2, 4),
         rfb_dilations: Sequence[int] = (1, 3, 5),
+        *,
         rfb_scale: float = 1.0,
+        rfb_bn_momentum: float = 0.01,
     ) -> None:
         super().__init__()
         self.crac = CRAC(in_channels, out_channels, crac_dilations)
-        self.rfb = RFBBranches(in_channels, out_channels, rfb_dilations, rfb_scale)
+        self.rfb = RFBBranches(
+            in_channels, out_channels, rfb_dilations, scale=rfb_scale, bn_momentum=rfb_bn_momentum
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.crac(x) + self.rfb(x))
+        out: torch.Tensor = self.relu(self.crac(x) + self.rfb(x))
+        return out
 
 
 class RMS(nn.Module):
@@ -173,5 +197,6 @@ class RMS(nn.Module):
         self.l3 = ConvBNReLU(out_channels, out_channels, d3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y1 = self.l1(x)
-        return y1 + self.l3(self.l2(y1))
+        y1: torch.Tensor = self.l1(x)
+        out: torch.Tensor = y1 + self.l3(self.l2(y1))
+        return out

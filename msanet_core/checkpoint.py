@@ -90,15 +90,18 @@ def save_checkpoint(
     """Write a checkpoint atomically; return its model version string."""
     for key, kind in REQUIRED_METADATA.items():
         if not isinstance(metadata.get(key), kind):
-            raise ValueError(f"metadata[{key!r}] must be {kind.__name__}, got {metadata.get(key)!r}")
+            raise ValueError(
+                f"metadata[{key!r}] must be {kind.__name__}, got {metadata.get(key)!r}"
+            )
     version = version or model_version(config, generator)
     payload = {
         "format_version": FORMAT_VERSION,
         "model_version": version,
         "config": config.to_dict(),
         "generator": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
-        "critic": None if critic is None else {k: v.detach().cpu()
-                                               for k, v in critic.state_dict().items()},
+        "critic": None
+        if critic is None
+        else {k: v.detach().cpu() for k, v in critic.state_dict().items()},
         "metadata": plain(metadata),
         "training_state": training_state,
     }
@@ -159,7 +162,8 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     for key, kind in REQUIRED_METADATA.items():
         if not isinstance(metadata.get(key), kind):
             raise CheckpointError(
-                f"checkpoint field 'metadata.{key}' is {metadata.get(key)!r}, expected {kind.__name__}"
+                f"checkpoint field 'metadata.{key}' is {metadata.get(key)!r}, "
+                f"expected {kind.__name__}"
             )
     critic = raw.get("critic")
     state = raw.get("training_state")

@@ -57,6 +57,9 @@ class ModelConfig:
         The three dilations of each RMS decoder block (paper Fig. 5: 1, 2, 4).
     rfb_scale
         Multiplier of the RFB branch sum (RFBNet ``scale``; 1.0 = plain sum as the paper says).
+    rfb_bn_momentum
+        BatchNorm momentum inside the RFB (RFBNet ``BasicConv``: 0.01; ``tiny`` uses PyTorch's
+        0.1 so that the running statistics settle within a few dozen steps).
     use_cdc, use_msfe
         Layer 1 = CDC / layers 2–5 = MSFE; when off, a U-Net double 3×3 conv is used instead
         (paper Table 6 ablation).
@@ -103,6 +106,7 @@ class ModelConfig:
     rfb_dilations: tuple[int, ...] = (1, 3, 5)
     rms_dilations: tuple[int, ...] = (1, 2, 4)
     rfb_scale: float = 1.0
+    rfb_bn_momentum: float = 0.01
     use_cdc: bool = True
     use_msfe: bool = True
     use_rms: bool = True
@@ -143,7 +147,7 @@ class ModelConfig:
             raise ValueError(f"seg_loss {self.seg_loss!r} is not one of {SEG_LOSSES}")
         if self.critic_input not in CRITIC_INPUTS:
             raise ValueError(f"critic_input {self.critic_input!r} is not one of {CRITIC_INPUTS}")
-        for key in ("alpha", "beta", "weight_clip", "dice_eps", "rfb_scale"):
+        for key in ("alpha", "beta", "weight_clip", "dice_eps", "rfb_scale", "rfb_bn_momentum"):
             if float(getattr(self, key)) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 50.0 <= self.norm_percentile <= 100.0:
@@ -227,6 +231,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder_widths": (8, 16, 16, 32, 32),
         "decoder_widths": (32, 16, 16, 8),
         "critic_widths": (4, 8, 8, 16, 16, 16),
+        "rfb_bn_momentum": 0.1,
     },
 }
 

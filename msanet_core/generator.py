@@ -56,7 +56,14 @@ class MSANetGenerator(nn.Module):
         if level == 0:
             return CDC(cin, cout, c.cdc_dilations) if c.use_cdc else DoubleConv(cin, cout)
         if c.use_msfe:
-            return MSFE(cin, cout, c.crac_dilations, c.rfb_dilations, c.rfb_scale)
+            return MSFE(
+                cin,
+                cout,
+                c.crac_dilations,
+                c.rfb_dilations,
+                rfb_scale=c.rfb_scale,
+                rfb_bn_momentum=c.rfb_bn_momentum,
+            )
         return DoubleConv(cin, cout)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:

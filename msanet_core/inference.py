@@ -26,9 +26,7 @@ THRESHOLD = 0.5  # paper "Experimental setup": p ≥ 0.5 = lesion
 CROP_SHAPE = (256, 256)
 
 
-def normalise_counts(
-    crops: npt.ArrayLike, percentile: float = 99.5
-) -> npt.NDArray[np.float32]:
+def normalise_counts(crops: npt.ArrayLike, percentile: float = 99.5) -> npt.NDArray[np.float32]:
     """Scale each crop to [0, 1] by its own ``percentile`` and clip above (MODEL.md A10).
 
     Parameters
@@ -47,7 +45,8 @@ def normalise_counts(
     scale = np.percentile(flat, percentile, axis=1).astype(np.float32)
     scale[scale <= 0] = 1.0
     shape = (-1, 1, 1) if a.ndim == 3 else ()
-    return np.clip(a / scale.reshape(shape), 0.0, 1.0).astype(np.float32)
+    out: npt.NDArray[np.float32] = np.clip(a / scale.reshape(shape), 0.0, 1.0).astype(np.float32)
+    return out
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -77,6 +76,7 @@ class Segmenter:
         config: ModelConfig,
         model_version: str,
         device: torch.device,
+        *,
         metadata: dict[str, Any] | None = None,
         batch_size: int = 8,
     ) -> None:
@@ -88,7 +88,7 @@ class Segmenter:
         self.device = device
         self.batch_size = batch_size
         self.model = generator.to(device).eval()
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @classmethod
     def load(cls, path: Path | str, device: str = "auto", batch_size: int = 8) -> Segmenter:
@@ -98,7 +98,14 @@ class Segmenter:
         load_state(generator, ckpt.generator, "generator")
         dev = resolve_device(device)
         logger.info("loaded %s on %s", ckpt.model_version, dev)
-        return cls(generator, ckpt.config, ckpt.model_version, dev, ckpt.metadata, batch_size)
+        return cls(
+            generator,
+            ckpt.config,
+            ckpt.model_version,
+            dev,
+            metadata=ckpt.metadata,
+            batch_size=batch_size,
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda":
@@ -141,7 +148,7 @@ class Segmenter:
         return out[0] if single else out
 
     def predict_masks(self, crops: npt.ArrayLike) -> npt.NDArray[np.uint8]:
-        """Binary lesion masks ``probability ≥ 0.5`` (paper threshold), same shape as ``predict``."""
+        """Binary lesion masks, probability ≥ 0.5 (paper threshold), shaped as ``predict``."""
         return self.masks(self.predict(crops))
 
     def masks(self, probabilities: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:

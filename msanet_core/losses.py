@@ -33,7 +33,9 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
     return 1.0 - soft_dice(pred, target, eps).mean()
 
 
-def single_output_loss(pred: torch.Tensor, target: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+def single_output_loss(
+    pred: torch.Tensor, target: torch.Tensor, config: ModelConfig
+) -> torch.Tensor:
     """Segmentation loss of one output: Dice, BCE or Dice + BCE (paper Table 7)."""
     p = pred.float()
     g = target.float()
@@ -77,6 +79,7 @@ def adversarial_loss(
     outputs: Sequence[torch.Tensor],
     target: torch.Tensor,
     config: ModelConfig,
+    *,
     real_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``L_adv`` (paper Eq. 4): weighted mean over outputs of ``mean|D(y_i·img) − D(gt·img)|``.
