@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install bonescan and everything its tests talk to, on a fresh Debian/Ubuntu machine.
+#
+#   ./install.sh            # system peers (as root, when missing) + .venv with bonescan[dev]
+#   BONESCAN_SKIP_APT=1 ./install.sh   # Python only (no apt-get)
+#
+# torch is pinned to the CPU build 2.13.0 through constraints.txt (an unpinned torch pulls
+# several GB of CUDA). On a GPU host, install the CUDA torch you want into .venv first and set
+# BONESCAN_TORCH_CONSTRAINT=0.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+APT_PACKAGES=(dcmtk orthanc orthanc-dicomweb dicom3tools openssl)
+command -v psql >/dev/null 2>&1 || APT_PACKAGES+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || APT_PACKAGES+=(redis-server)
+
+say() { printf 'install: %s\n' "$*"; }
+
+missing_packages() {
+  local package
+  for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+      || printf '%s\n' "$package"
+  done
+}
+
+if [ "${BONESCAN_SKIP_APT:-0}" != "1" ] && command -v apt-get >/dev/null 2>&1; then
+  mapfile -t missing < <(missing_packages)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = "0" ]; then
+      say "apt-get install ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+      say "not root: install these for the tests yourself: sudo apt-get install ${missing[*]}"
+    fi
+  fi
+fi
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  say "$PYTHON not found: bonescan needs Python 3.11 or newer (set PYTHON=...)"
+  exit 1
+fi
+[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+
+constraint=(-c constraints.txt)
+[ "${BONESCAN_TORCH_CONSTRAINT:-1}" = "0" ] && constraint=()
+say "pip install -e .[dev] into $VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install --quiet "${constraint[@]}" -e '.[dev]'
+"$VENV/bin/python" -m pip check >/dev/null
+say "done: $("$VENV/bin/bonescan" version); activate with: source $VENV/bin/activate"
