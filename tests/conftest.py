@@ -24,9 +24,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("BONESCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-START_REDIS = (
-    "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
-)
+START_REDIS = "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
 
 
 def _postgres_admin() -> URL:

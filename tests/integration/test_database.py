@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import migrate
@@ -120,7 +120,9 @@ def test_every_job_state_round_trips(sessions: sessionmaker[Session], state: Job
 
 
 @pytest.mark.parametrize("state", list(ExportState))
-def test_every_export_state_round_trips(sessions: sessionmaker[Session], state: ExportState) -> None:
+def test_every_export_state_round_trips(
+    sessions: sessionmaker[Session], state: ExportState
+) -> None:
     with sessions.begin() as session:
         job = _job(_series(session), key="k")
         session.add(
@@ -138,7 +140,9 @@ def test_every_export_state_round_trips(sessions: sessionmaker[Session], state: 
 
 
 @pytest.mark.parametrize("state", list(ReviewState))
-def test_every_review_state_round_trips(sessions: sessionmaker[Session], state: ReviewState) -> None:
+def test_every_review_state_round_trips(
+    sessions: sessionmaker[Session], state: ReviewState
+) -> None:
     with sessions.begin() as session:
         session.add(Review(job=_job(_series(session), key="k"), state=state, reviewer="dr.a"))
     with sessions() as session:
@@ -148,9 +152,10 @@ def test_every_review_state_round_trips(sessions: sessionmaker[Session], state: 
 def test_idempotency_key_is_unique_in_the_database(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         session.add(_job(_series(session), key="same-key"))
-    with pytest.raises(IntegrityError), sessions.begin() as session:
-        series = session.scalars(select(Series)).one()
-        session.add(_job(series, key="same-key"))
+    with sessions() as session:
+        session.add(_job(session.scalars(select(Series)).one(), key="same-key"))
+        with pytest.raises(IntegrityError):
+            session.commit()
     with sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 1
 
@@ -170,8 +175,10 @@ def test_sop_instance_uid_is_unique_in_the_database(sessions: sessionmaker[Sessi
 
     with sessions.begin() as session:
         session.add(instance(_series(session)))
-    with pytest.raises(IntegrityError), sessions.begin() as session:
+    with sessions() as session:
         session.add(instance(session.scalars(select(Series)).one()))
+        with pytest.raises(IntegrityError):
+            session.commit()
 
 
 def test_timestamps_come_back_aware_utc(sessions: sessionmaker[Session]) -> None:
@@ -188,10 +195,12 @@ def test_timestamps_come_back_aware_utc(sessions: sessionmaker[Session]) -> None
 
 
 def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
-    with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
+    with sessions() as session:
         job = _job(_series(session), key="k")
-        job.lease_expires_at = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+        job.lease_expires_at = datetime(2026, 1, 1)  # naive on purpose
         session.add(job)
+        with pytest.raises(StatementError, match="naive datetime"):
+            session.commit()
 
 
 def test_full_result_tree_and_cascade(sessions: sessionmaker[Session]) -> None:

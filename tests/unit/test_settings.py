@@ -104,7 +104,7 @@ def test_destination_names_must_be_unique(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_tls_needs_certificate_and_key_together(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BONESCAN_LISTENER__TLS_CERTIFICATE", "/etc/bonescan/cert.pem")
-    with pytest.raises(InvalidSettingsError, match="^BONESCAN_LISTENER: .*set together"):
+    with pytest.raises(InvalidSettingsError, match=r"^BONESCAN_LISTENER: .*set together"):
         load_settings()
 
 
