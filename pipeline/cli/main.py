@@ -6,6 +6,8 @@ import typer
 
 from pipeline import __version__
 from pipeline.cli import check, db
+from pipeline.logs import configure_logging
+from pipeline.settings import InvalidSettingsError, get_settings
 
 app = typer.Typer(
     name="bonescan",
@@ -14,6 +16,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _configure() -> None:
+    """Configure logging once for whichever command runs (settings errors surface in it)."""
+    try:
+        settings = get_settings()
+    except InvalidSettingsError:
+        configure_logging()
+        return
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @app.command()
