@@ -97,6 +97,8 @@ class ListenerSettings(BaseModel):
     tls_private_key: Path | None = None
     tls_ca_certificate: Path | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # SIGTERM: stop accepting, then wait at most this long for running associations.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     _check_ae_title = field_validator("ae_title")(validate_ae_title)
     _check_host = field_validator("host")(_validate_host)

@@ -1,0 +1,94 @@
+"""Hand opened jobs to the broker by task name, after their row is committed (warehouse manner).
+
+A broker that is down must not hold a modality's association, so a failed send leaves the job
+``received`` in the database and backs off; the sweeper offers it again later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from listeners.metrics import ListenerMetrics
+from pipeline.db.ingest import mark_queued
+from pipeline.settings import Settings
+from pipeline.tasks.names import QueueName, TaskName
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_S = 2.0
+# One quick retry inside kombu; the sweeper is the real retry loop.
+RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+class Enqueuer:
+    """Sends ``segment_series`` for a job id and marks the job ``queued``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        metrics: ListenerMetrics,
+    ) -> None:
+        self._session_factory = session_factory
+        self._metrics = metrics
+        self._celery: Any = None
+        self._broker_url = settings.broker_url
+        self._settings = settings
+        self._down_until = 0.0
+        self._down_logged = False
+        if self._broker_url is None:
+            logger.warning(
+                "no_broker: BONESCAN_BROKER_URL is not set; jobs stay 'received' in the database "
+                "until a broker is configured (the embedded broker is not part of `listen`)"
+            )
+
+    def _app(self) -> Any:
+        if self._celery is None:
+            from pipeline.celery_app import make_celery  # celery loads on first use, not at start
+
+            self._celery = make_celery(self._settings)
+        return self._celery
+
+    @property
+    def available(self) -> bool:
+        """False without a broker URL, or while backing off after a failed send."""
+        return self._broker_url is not None and time.monotonic() >= self._down_until
+
+    def enqueue(self, job_id: int) -> bool:
+        """Send the job's task; True once the broker has it and the job is ``queued``."""
+        if not self.available:
+            return False
+        try:
+            self._app().send_task(
+                TaskName.SEGMENT_SERIES.value,
+                kwargs={"job_id": job_id},
+                queue=QueueName.SEGMENT.value,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+            )
+        except (KombuError, RedisError, OSError) as error:
+            self._down_until = time.monotonic() + BACKOFF_S
+            if not self._down_logged:
+                logger.warning("broker_unreachable job=%d stays=received error=%s", job_id, error)
+                self._down_logged = True
+            self._metrics.jobs.labels("enqueue_failed").inc()
+            return False
+        if self._down_logged:
+            logger.info("broker_reachable_again")
+            self._down_logged = False
+        self._metrics.jobs.labels("enqueued").inc()
+        try:
+            with self._session_factory.begin() as session:
+                mark_queued(session, job_id, f"sent {TaskName.SEGMENT_SERIES.value}")
+        except SQLAlchemyError as error:
+            # The task is in the broker; the worker accepts a job still 'received'.
+            logger.warning("job_not_marked_queued job=%d error=%s", job_id, error)
+        logger.info("job_enqueued job=%d task=%s", job_id, TaskName.SEGMENT_SERIES.value)
+        return True

@@ -1,0 +1,171 @@
+"""The listener's one background thread: opens jobs for arrivals, enqueues, and sweeps.
+
+- An :class:`~listeners.handlers.Arrival` from the C-STORE handler is checked at once: a
+  complete series opens a job, which is enqueued after its commit.
+- Every ``interval_s`` it sweeps: series without a job that are complete or quiet for
+  ``quiet_seconds`` get one; jobs still ``received`` (the broker was down) are enqueued.
+- At start-up it recovers: partial files are removed, and spooled files that have no row (the
+  process died between rename and commit) are filed, so their series can complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom.filewriter import write_file_meta_info  # noqa: F401  (pydicom loaded by receive)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from listeners.completeness import SeriesJobs
+from listeners.enqueue import Enqueuer
+from listeners.handlers import Arrival, record
+from listeners.metrics import ListenerMetrics
+from listeners.receive import UnreadableDatasetError, parse
+from listeners.spool import Spool, Stored
+from pipeline.db import ingest
+from pipeline.db.models import Job
+from pipeline.db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+ENQUEUE_GRACE_S = 1.0  # a job younger than this is still on its way through the arrival path
+RECOVERED_CALLING_AE = "UNKNOWN"
+
+
+class Sweeper(threading.Thread):
+    """See the module docstring. ``stop()`` ends the loop after the current step."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        session_factory: sessionmaker[Session],
+        jobs: SeriesJobs,
+        enqueuer: Enqueuer,
+        metrics: ListenerMetrics,
+        *,
+        called_ae_title: str,
+        quiet_seconds: float,
+        interval_s: float = 1.0,
+    ) -> None:
+        super().__init__(name="bonescan-sweeper", daemon=True)
+        self.spool = spool
+        self.session_factory = session_factory
+        self.jobs = jobs
+        self.enqueuer = enqueuer
+        self.metrics = metrics
+        self.called_ae_title = called_ae_title
+        self.quiet_seconds = quiet_seconds
+        self.interval_s = interval_s
+        self._arrivals: queue.Queue[Arrival] = queue.Queue()
+        self._stop = threading.Event()
+        self._recovered = False
+
+    def notify(self, arrival: Arrival) -> None:
+        """Queue an arrival for a completeness check (called from handler threads)."""
+        self._arrivals.put(arrival)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        next_sweep = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                arrival = self._arrivals.get(timeout=max(0.0, next_sweep - time.monotonic()))
+            except queue.Empty:
+                arrival = None
+            if arrival is not None:
+                self._guarded(self.on_arrival, arrival)
+            if time.monotonic() >= next_sweep:
+                self._guarded(self.sweep)
+                next_sweep = time.monotonic() + self.interval_s
+
+    def _guarded(self, step: object, *args: object) -> None:
+        try:
+            step(*args)  # type: ignore[operator]
+        except SQLAlchemyError as error:
+            logger.warning("sweeper_database_error error=%s", str(error).splitlines()[0][:300])
+        except Exception:  # the thread must outlive any one bad step; it is logged in full
+            logger.exception("sweeper_step_failed")
+
+    def _open_and_enqueue(self, open_job: object, *args: object) -> None:
+        try:
+            with self.session_factory.begin() as session:
+                job: Job | None = open_job(session, *args)  # type: ignore[operator]
+                job_id = job.id if job is not None else None
+        except IntegrityError:
+            return  # another opener committed the same idempotency key first
+        if job_id is not None:
+            self.metrics.jobs.labels("opened").inc()
+            self.enqueuer.enqueue(job_id)
+
+    def on_arrival(self, arrival: Arrival) -> None:
+        """Open and enqueue the job this arrival completes, if it completes one."""
+        self._open_and_enqueue(
+            self.jobs.on_arrival, arrival.series_id, arrival.sop_instance_uid, arrival.view
+        )
+
+    def sweep(self) -> None:
+        """Recover once, then open jobs for complete or quiet series and enqueue pending jobs."""
+        if not self._recovered:
+            self.recover()
+            self._recovered = True
+        now = utcnow()
+        with self.session_factory() as session:
+            waiting = set(ingest.quiet_series_without_job(session, now - timedelta(seconds=1)))
+            quiet = set(
+                ingest.quiet_series_without_job(
+                    session, now - timedelta(seconds=self.quiet_seconds)
+                )
+            )
+        for series_id in sorted(waiting):
+            self._open_and_enqueue(self._on_sweep, series_id, series_id in quiet)
+        if self.enqueuer.available:
+            with self.session_factory() as session:
+                pending = ingest.pending_job_ids(session, now - timedelta(seconds=ENQUEUE_GRACE_S))
+            for job_id in pending:
+                if not self.enqueuer.enqueue(job_id):
+                    break
+
+    def _on_sweep(self, session: Session, series_id: int, quiet: bool) -> Job | None:
+        return self.jobs.on_sweep(session, series_id, quiet=quiet)
+
+    def recover(self) -> None:
+        """Remove partial files; file spooled instances that have no row."""
+        self.spool.remove_partials()
+        files = [str(path) for path in self.spool.files()]
+        with self.session_factory() as session:
+            known = ingest.spooled_paths(session, files)
+        orphans = [Path(path) for path in files if path not in known]
+        for path in orphans:
+            self._recover_file(path)
+        if orphans:
+            logger.warning("spool_orphans_recovered count=%d", len(orphans))
+
+    def _recover_file(self, path: Path) -> None:
+        data = path.read_bytes()
+        try:
+            parsed = parse(data)
+        except UnreadableDatasetError as error:
+            logger.error("spool_orphan_unreadable path=%s error=%s", path, error)
+            return
+        import hashlib
+
+        stored = Stored(path, len(data), hashlib.sha256(data).hexdigest())
+        recorded = record(
+            self.session_factory,
+            parsed,
+            stored,
+            calling_ae_title=parsed.calling_ae_title or RECOVERED_CALLING_AE,
+            called_ae_title=self.called_ae_title,
+            model_version=self.jobs.model_version,
+        )
+        if recorded.instance_id is not None and parsed.classification.is_work:
+            self.notify(
+                Arrival(recorded.series_id, parsed.sop_instance_uid, parsed.classification.view)
+            )
