@@ -49,6 +49,8 @@ constraint=(-c constraints.txt)
 [ "${BONESCAN_TORCH_CONSTRAINT:-1}" = "0" ] && constraint=()
 say "pip install -e .[dev] into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install --quiet "${constraint[@]}" -e '.[dev]'
+# (pip repeats a warning per package for index folders some mirrors configure but lack)
+"$VENV/bin/python" -m pip install --quiet "${constraint[@]}" -e '.[dev]' \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$VENV/bin/python" -m pip check >/dev/null
 say "done: $("$VENV/bin/bonescan" version); activate with: source $VENV/bin/activate"
