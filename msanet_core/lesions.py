@@ -1,0 +1,77 @@
+"""The lesion table of one view: connected components of the thresholded probability map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+THRESHOLD = 0.5  # paper "Experimental setup": p ≥ 0.5 = lesion
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # MODEL.md §6.3: 8-connectivity
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected component. Coordinates are (row, column) pixels of the array given, plus
+    ``row_offset`` (so a crop's lesions can be reported in full-frame rows); bounds inclusive."""
+
+    label: int
+    area_px: int
+    area_mm2: float
+    centroid_row: float
+    centroid_column: float
+    bbox_row_min: int
+    bbox_column_min: int
+    bbox_row_max: int
+    bbox_column_max: int
+    max_probability: float
+
+
+def find_lesions(
+    probabilities: npt.NDArray[np.floating],
+    *,
+    pixel_spacing_mm: tuple[float, float] = (2.26, 2.26),
+    threshold: float = THRESHOLD,
+    row_offset: int = 0,
+) -> list[Lesion]:
+    """Connected components (8-connectivity) of ``probabilities >= threshold``, largest first.
+
+    Parameters
+    ----------
+    probabilities
+        ``(rows, columns)`` lesion probabilities in [0, 1].
+    pixel_spacing_mm
+        (row, column) spacing: one pixel covers ``row × column`` mm².
+    """
+    if probabilities.ndim != 2:
+        raise ValueError(f"probabilities must be (rows, columns), got shape {probabilities.shape}")
+    mask = probabilities >= threshold
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
+    centroids = ndimage.center_of_mass(mask, labels, index)
+    maxima = ndimage.maximum(probabilities, labels, index)
+    boxes = ndimage.find_objects(labels)
+    pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1]
+    lesions = [
+        Lesion(
+            label=0,
+            area_px=int(areas[i]),
+            area_mm2=float(areas[i]) * pixel_mm2,
+            centroid_row=float(centroids[i][0]) + row_offset,
+            centroid_column=float(centroids[i][1]),
+            bbox_row_min=int(box[0].start) + row_offset,
+            bbox_column_min=int(box[1].start),
+            bbox_row_max=int(box[0].stop) - 1 + row_offset,
+            bbox_column_max=int(box[1].stop) - 1,
+            max_probability=float(maxima[i]),
+        )
+        for i, box in enumerate(boxes)
+        if box is not None
+    ]
+    lesions.sort(key=lambda lesion: (-lesion.area_px, lesion.centroid_row, lesion.centroid_column))
+    return [replace(lesion, label=number) for number, lesion in enumerate(lesions, start=1)]
