@@ -1,0 +1,1 @@
+"""Where DICOM I/O, the model and the database meet; Celery tasks and the CLI call these."""
