@@ -23,8 +23,10 @@ SHOULDER_MARGIN = 16  # MODEL.md §2.7: rows kept above the shoulder line
 OUTLINE_FRACTION = 0.05  # MODEL.md §2.7: body outline at 5 % of the smoothed image's p99
 UPPER_BODY = 0.35  # MODEL.md §2.7: the shoulders lie in the upper 35 % of the body
 HEAD_SEARCH = 0.12  # the head's widest row lies in the upper 12 % of the body
+HEAD_WIDTH_FRACTION = 0.6  # a head is < 60 % of the shoulder width (≈ 15 vs 36–50 cm)
 MIN_BODY_ROWS = 100  # fewer body rows than this is not a whole-body scan
 MIN_WIDTH_PX = 6
+MIN_SHOULDER_SLOPE = 1.0  # px of width per row; real shoulders give ~5–10
 
 
 class NoBodyFoundError(ValueError):
@@ -91,10 +93,20 @@ def find_shoulder_row(image: npt.NDArray[np.generic]) -> int:
     start, end = int(body_rows[0]), int(body_rows[-1])
     length = end - start + 1
     smooth = ndimage.gaussian_filter1d(width, 4.0)
-    head = start + int(np.argmax(smooth[start : start + max(int(HEAD_SEARCH * length), 2)]))
-    stop = start + max(int(UPPER_BODY * length), head - start + 2)
+    stop = start + max(int(UPPER_BODY * length), 2)
+    # The head is the widest part above the shoulders that is clearly narrower than them.
+    head_zone = smooth[start : start + max(int(HEAD_SEARCH * length), 2)].copy()
+    head_zone[head_zone > HEAD_WIDTH_FRACTION * smooth[start:stop].max()] = -1.0
+    head = start + int(np.argmax(head_zone))
+    stop = max(stop, head + 2)
     slope = np.gradient(smooth)
-    return head + int(np.argmax(slope[head:stop]))
+    best = head + int(np.argmax(slope[head:stop]))
+    if slope[best] < MIN_SHOULDER_SLOPE:
+        raise NoBodyFoundError(
+            f"no shoulders found: body outline widens by at most {slope[best]:.2f} px/row "
+            f"(at least {MIN_SHOULDER_SLOPE} needed); is this a whole-body scan?"
+        )
+    return best
 
 
 def crop_thorax(image: npt.NDArray[np.generic], head_first: bool = True) -> ThoraxCrop:

@@ -24,7 +24,8 @@ from msanet_core.synth.skeleton import THORAX_SITES, Element, build_skeleton
 VIEWS = ("anterior", "posterior")
 CROP_ROWS = 256
 SHOULDER_MARGIN = 16  # MODEL.md §2.7: crop rows [shoulder − 16, shoulder + 240)
-SOFT_GAIN = 0.030  # soft-tissue activity per cm of tissue; sets bone:soft ≈ 3.4 (MODEL.md §5)
+BACKGROUND_PER_PX = 0.01  # expected counts per pixel outside the body (MODEL.md §5: ≈ 0)
+SOFT_GAIN = 0.17  # soft-tissue activity per cm of tissue; sets bone:soft ≈ 3.4 (MODEL.md §5)
 MASK_FRACTION = 0.4  # MODEL.md §5.9: mask = excess ≥ 40 % of the lesion's peak excess
 VISIBLE_CONTRAST = 0.15  # hotspots below this peak excess : local level are not labelled
 
@@ -47,6 +48,7 @@ class SyntheticView:
     shoulder_row: int
     thorax_top: int
     thorax_lesions: tuple[int, ...]
+    regions: dict[str, npt.NDArray[np.bool_]]
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,13 @@ def _uptake(body: Body, rng: np.random.Generator, superscan: bool) -> list[Eleme
     by = body.row(0.522) + rng.uniform(-4, 4)
     fill = rng.uniform(0.4, 1.0)
     bladder = Ellipse(by, body.col(by), 8 + 10 * fill, 12 + 14 * fill, 0.0, 2.3)
-    out.append(Element("bladder", "organ", bladder, float(rng.uniform(1.5, 4.0)) * (0.5 if superscan else 1), 0.3))
+    out.append(Element("bladder", "organ", bladder, float(rng.uniform(1.8, 4.5)) * (0.5 if superscan else 1), 0.3))
     side = int(rng.choice([-1, 1]))
     iy = body.row(float(rng.choice([0.37, 0.56])))
     dx = side * (body.shoulder_hw - body.arm_radius + (iy - body.shoulder_row) * math.tan(body.arm_abduction))
-    out.append(Element("injection", "injection", Ellipse(iy, body.col(iy, dx), 2.5, 2.5),
-                       float(rng.uniform(2.0, 50.0)), 0.3))
+    # MODEL.md §5.3: injection site 2–50 × bone; a clean injection often leaves none visible
+    shot = float(np.clip(rng.lognormal(math.log(5.0), 0.9), 2.0, 50.0)) if rng.random() < 0.6 else 0.0
+    out.append(Element("injection", "injection", Ellipse(iy, body.col(iy, dx), 2.5, 2.5), shot, 0.3))
     for _ in range(int(rng.random() < 0.1) * int(rng.integers(1, 3))):
         cy = body.row(float(rng.uniform(0.53, 0.65)))
         blob = Ellipse(cy, body.col(cy, rng.uniform(-40, 40)), 3, 4)
@@ -137,19 +140,24 @@ def generate_patient(seed: int, index: int) -> SyntheticPatient:
         for v in range(2)
     ]
     scale = 2.0 * total / float(expected[0].sum() + expected[1].sum())
-    counts = [np.minimum(rng.poisson(e * scale), 65535).astype(np.uint16) for e in expected]
+    # MODEL.md §5.6: outside the body ≈ 0; a trace of room background / scatter
+    counts = [np.minimum(rng.poisson(e * scale + BACKGROUND_PER_PX), 65535).astype(np.uint16) for e in expected]
 
-    labels = [_labels(mets, benign, expected[v], v, body, mu, sigmas, motion) for v in range(2)]
+    rois = _regions(body, organs, thick, sum(layers[0]) + sum(layers[1]), soft)
+    labels = [_labels(mets, benign, expected[v], v, body, mu, sigmas, motion, rois["body"]) for v in range(2)]
     shoulder = int(round(body.shoulder_row))
     top = int(np.clip(shoulder - SHOULDER_MARGIN, 0, ROWS - CROP_ROWS))
     views = []
     for v, name in enumerate(VIEWS):
         lesion, benign_mask, inst, visible = labels[v]
         arrays = [counts[v], lesion, benign_mask, inst]
-        if v == 1:
-            arrays = [np.ascontiguousarray(a[:, ::-1]) for a in arrays]  # §5.4 POST as acquired
+        regions = dict(rois)
+        if v == 1:  # §5.4: POST stored as acquired, mirrored left-right
+            arrays = [np.ascontiguousarray(a[:, ::-1]) for a in arrays]
+            regions = {k: np.ascontiguousarray(r[:, ::-1]) for k, r in rois.items()}
         thorax = tuple(i for i in visible if mets[i].site in THORAX_SITES)
-        views.append(SyntheticView(name, arrays[0], arrays[1], arrays[2], arrays[3], shoulder, top, thorax))
+        views.append(SyntheticView(name, arrays[0], arrays[1], arrays[2], arrays[3], shoulder, top,
+                                   thorax, regions))
     params = {
         "seed": seed, "index": index, "superscan": superscan, "negative": not mets,
         "body": body.as_dict(), "bone_gain": bone_gain, "mu_per_cm": mu,
@@ -181,7 +189,7 @@ def _add(layers: FloatArray, shape: Ellipse | Any, value: float, depth: float, b
 
 def _labels(
     mets: list[Hotspot], benign: list[Hotspot], expected: FloatArray, view: int, body: Body,
-    mu: float, sigmas: tuple[float, float], motion: int,
+    mu: float, sigmas: tuple[float, float], motion: int, inside: npt.NDArray[np.bool_],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint16], list[int]]:
     """Masks from each hotspot's own blurred excess ≥ 40 % of its peak (MODEL.md §5.9)."""
     best = np.zeros((ROWS, COLS), dtype=np.float32)
@@ -200,7 +208,9 @@ def _labels(
         peak = float(excess.max())
         if peak <= 0 or peak < VISIBLE_CONTRAST * float(expected[win].max() - peak):
             continue
-        region = excess >= MASK_FRACTION * peak
+        region = (excess >= MASK_FRACTION * peak) & inside[win]
+        if not region.any():
+            continue
         if spot.is_lesion:
             visible.append(i)
             better = region & (excess > best[win])
@@ -208,4 +218,33 @@ def _labels(
             inst[win] = np.where(better, i + 1, inst[win])
         else:
             benign_mask[win] |= region.astype(np.uint8)
+    present = set(np.unique(inst).tolist())
+    visible = [i for i in visible if i + 1 in present]  # fully covered by a brighter neighbour
     return (inst > 0).astype(np.uint8), benign_mask, inst, visible
+
+
+def _regions(
+    body: Body, organs: list[Element], thick: FloatArray, hot: FloatArray, soft: FloatArray
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """Calibration ROIs (MODEL.md §5 validation) in the anterior frame.
+
+    ``thoracic_spine``: a ±4 px column over T2–T11; ``soft_tissue``: trunk pixels at ≥ 60 % of the
+    body thickness where blurred bone/organ activity is < 5 % of the soft tissue; ``bladder``: the
+    bladder's core; ``body``: any tissue.
+    """
+    rows = np.arange(ROWS, dtype=np.float64)[:, None]
+    cols = np.arange(COLS, dtype=np.float64)[None, :]
+    t1, t12 = body.shoulder_row - 2.0, body.row(0.36)
+    step = (t12 - t1) / 12
+    spine = (rows >= t1 + step) & (rows < t12 - step) & (np.abs(cols - body.col(0.0) - rows * body.tilt) <= 4)
+    near_bone = ndimage.gaussian_filter(hot, 3.0) > 0.05 * soft
+    trunk = (rows >= body.row(0.22)) & (rows < body.row(0.5))
+    soft_roi = trunk & (thick >= 0.6 * body.thickness_cm) & ~near_bone
+    bladder = np.zeros((ROWS, COLS), dtype=bool)
+    for el in organs:
+        if el.name == "bladder" and isinstance(el.shape, Ellipse):
+            core = Ellipse(el.shape.cy, el.shape.cx, 0.7 * el.shape.ry, 0.7 * el.shape.rx)
+            win = window(core, (ROWS, COLS))
+            if win is not None:
+                bladder[win] = patch_coverage(core, *win) > 0.5
+    return {"body": thick > 0, "thoracic_spine": spine, "soft_tissue": soft_roi, "bladder": bladder}
