@@ -62,7 +62,7 @@ class Sweeper(threading.Thread):
         self.quiet_seconds = quiet_seconds
         self.interval_s = interval_s
         self._arrivals: queue.Queue[Arrival] = queue.Queue()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._recovered = False
 
     def notify(self, arrival: Arrival) -> None:
@@ -70,11 +70,11 @@ class Sweeper(threading.Thread):
         self._arrivals.put(arrival)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         next_sweep = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 arrival = self._arrivals.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:

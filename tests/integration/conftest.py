@@ -1,0 +1,205 @@
+"""Listener fixtures: the listener as a subprocess (``python -m listeners``) on a free port, with
+its own data dir and database, and helpers to wait for ports and rows with deadlines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from pipeline.db.migrate import upgrade
+from pipeline.db.models import Instance, Job
+from pipeline.db.session import make_engine, make_session_factory
+from tests.conftest import free_port
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+STORESCU = "/usr/bin/storescu"
+ECHOSCU = "/usr/bin/echoscu"
+AE_TITLE = "BONESCAN"
+
+
+def wait_for(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class RunningListener:
+    """A listener subprocess and what it writes."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    database_url: str
+    env: dict[str, str]
+    log_path: Path
+    _engine: Any = field(default=None, repr=False)
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def session(self) -> Session:
+        if self._engine is None:
+            self._engine = make_engine(self.database_url)
+        return make_session_factory(self._engine)()
+
+    def instances(self) -> list[Instance]:
+        with self.session() as session:
+            query = select(Instance).options(selectinload(Instance.series)).order_by(Instance.id)
+            return list(session.scalars(query))
+
+    def jobs(self) -> list[Job]:
+        with self.session() as session:
+            return list(session.scalars(select(Job).order_by(Job.id)))
+
+    def spool_files(self) -> list[Path]:
+        return sorted(p for p in self.spool.rglob("*") if p.is_file())
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.alive():
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    def storescu(
+        self,
+        *files: Path,
+        calling: str = "MODALITY",
+        extra: tuple[str, ...] = (),
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """Send ``files`` with dcmtk's storescu (by full path: the venv shadows it)."""
+        result = subprocess.run(
+            [
+                STORESCU,
+                "-v",
+                "-aet",
+                calling,
+                "-aec",
+                AE_TITLE,
+                *extra,
+                "127.0.0.1",
+                str(self.port),
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"storescu failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+                f"\n--- listener log ---\n{self.log()[-3000:]}"
+            )
+        return result
+
+
+StartListener = Callable[..., RunningListener]
+
+
+@pytest.fixture
+def start_listener(clean_env: dict[str, str], tmp_path: Path) -> Iterator[StartListener]:
+    """Start ``python -m listeners`` with settings as keyword arguments (``BONESCAN_*`` names
+    without the prefix, e.g. ``LISTENER__QUIET_SECONDS="1"``) and wait until it listens."""
+    started: list[RunningListener] = []
+
+    def start(
+        *,
+        database_url: str | None = None,
+        migrate: bool = True,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        wait: bool = True,
+        **settings: str,
+    ) -> RunningListener:
+        data = data_dir or tmp_path / "data"
+        url = database_url or f"sqlite:///{data / 'bonescan.db'}"
+        if migrate:
+            upgrade(url)
+        port = port or free_port()
+        env = {
+            **clean_env,
+            "BONESCAN_DATA_DIR": str(data),
+            "BONESCAN_DATABASE_URL": url,
+            "BONESCAN_LISTENER__PORT": str(port),
+            "BONESCAN_LISTENER__AE_TITLE": AE_TITLE,
+            "BONESCAN_LOG_FORMAT": "text",
+            "PYTHONPATH": str(REPO),
+        }
+        env.update({f"BONESCAN_{key}": value for key, value in settings.items()})
+        log_path = tmp_path / f"listener-{len(started)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "listeners"],
+                cwd=tmp_path / "cwd",
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        running = RunningListener(process, port, data, url, env, log_path)
+        started.append(running)
+        if wait:
+            wait_for(
+                lambda: port_open(port) or not running.alive(),
+                timeout=20,
+                what="the listener to listen",
+            )
+            if not running.alive():
+                pytest.fail(f"listener exited {process.returncode}:\n{running.log()}")
+        return running
+
+    yield start
+    for running in started:
+        if running.alive():
+            running.process.kill()
+            running.process.wait(timeout=10)
+        if running._engine is not None:
+            running._engine.dispose()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes of a DICOM file after its preamble and file meta group (what C-STORE carries)."""
+    from pydicom.filereader import read_preamble, _read_file_meta_info
+
+    with path.open("rb") as handle:
+        read_preamble(handle, False)
+        _read_file_meta_info(handle)
+        return handle.read()
