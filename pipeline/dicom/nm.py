@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from pipeline.dicom.views import NM_IMAGE_STORAGE
 
