@@ -38,7 +38,9 @@ class Reference:
 REFERENCES = (
     Reference("counts_per_view", 2.0e6, 1.6e6, 2.5e6, "§5.6 design: LogNormal centred at 2 M"),
     Reference("bone_to_soft", 3.4, 2.7, 4.1, "§5 real scan: spine 82 vs soft tissue 24 (±20 %)"),
-    Reference("bladder_to_spine", 2.0, 1.4, 2.6, "§5 real scan: bladder ≈ 2× thoracic spine (±30 %)"),
+    Reference(
+        "bladder_to_spine", 2.0, 1.4, 2.6, "§5 real scan: bladder ≈ 2× thoracic spine (±30 %)"
+    ),
     Reference("bladder_max_to_spine", 3.4, 2.2, 4.6, "§5 real scan: bladder max 3.4× (±35 %)"),
     Reference("background_per_px", 0.0, 0.0, 0.05, "§5 real scan: background ≈ 0 counts/px"),
     Reference("crop_fraction", 0.54, 0.42, 0.66, "§5 real crop: 1.96 M of 3.6 M counts (±0.12)"),
@@ -53,7 +55,9 @@ def patient_stats(patient: SyntheticPatient, view: str = "anterior") -> dict[str
     counts = v.counts.astype(np.float64)
     total = float(counts.sum())
     spine = float(counts[v.regions["thoracic_spine"]].mean())
-    soft = float(counts[v.regions["soft_tissue"]].mean()) if v.regions["soft_tissue"].any() else np.nan
+    soft = (
+        float(counts[v.regions["soft_tissue"]].mean()) if v.regions["soft_tissue"].any() else np.nan
+    )
     bladder = counts[v.regions["bladder"]]
     outside = ~ndimage.binary_dilation(v.regions["body"], iterations=10)
     crop = crop_thorax(v.counts).apply(counts)
@@ -91,6 +95,8 @@ def summarise(stats: Iterable[dict[str, float]]) -> list[StatRow]:
     for ref in REFERENCES:
         values = np.array([s[ref.name] for s in table], dtype=np.float64)
         values = values[np.isfinite(values)]
-        p5, med, p95 = (np.percentile(values, q) for q in (5, 50, 95)) if values.size else (np.nan,) * 3
+        p5, med, p95 = (
+            (np.percentile(values, q) for q in (5, 50, 95)) if values.size else (np.nan,) * 3
+        )
         rows.append(StatRow(ref, float(med), float(p5), float(p95)))
     return rows

@@ -57,14 +57,18 @@ class ThoraxCrop:
         window = image[self.top : self.bottom]
         return window if self.head_first else window[::-1]
 
-    def paste(self, crop: npt.NDArray[np.generic], shape: tuple[int, int]) -> npt.NDArray[np.generic]:
+    def paste(
+        self, crop: npt.NDArray[np.generic], shape: tuple[int, int]
+    ) -> npt.NDArray[np.generic]:
         """Inverse of :meth:`apply`: a zero ``shape`` array with ``crop`` put back in place."""
         out = np.zeros(shape, dtype=crop.dtype)
         out[self.top : self.bottom] = crop if self.head_first else crop[::-1]
         return out
 
 
-def body_width_profile(image: npt.NDArray[np.generic], sigma: float = 2.0) -> npt.NDArray[np.float64]:
+def body_width_profile(
+    image: npt.NDArray[np.generic], sigma: float = 2.0
+) -> npt.NDArray[np.float64]:
     """Body width (px) per row: extent of the thresholded, smoothed outline (MODEL.md §2.7).
 
     ``image`` is a ``(rows, cols)`` count array in any row orientation; rows without body are 0.
@@ -134,11 +138,15 @@ def crop_thorax(image: npt.NDArray[np.generic], head_first: bool = True) -> Thor
         When ``image`` is not 2-D or has fewer than 256 rows.
     """
     if image.ndim != 2 or image.shape[0] < CROP_SIZE:
-        raise ValueError(f"image must be 2-D with at least {CROP_SIZE} rows, got shape {image.shape}")
+        raise ValueError(
+            f"image must be 2-D with at least {CROP_SIZE} rows, got shape {image.shape}"
+        )
     rows = image.shape[0]
     upright = image if head_first else image[::-1]
     shoulder = find_shoulder_row(upright)
     top = int(np.clip(shoulder - SHOULDER_MARGIN, 0, rows - CROP_SIZE))
     if head_first:
         return ThoraxCrop(top=top, shoulder_row=shoulder, head_first=True)
-    return ThoraxCrop(top=rows - top - CROP_SIZE, shoulder_row=rows - 1 - shoulder, head_first=False)
+    return ThoraxCrop(
+        top=rows - top - CROP_SIZE, shoulder_row=rows - 1 - shoulder, head_first=False
+    )

@@ -18,10 +18,18 @@ from msanet_core.synth.body import Body
 from msanet_core.synth.raster import Ellipse, Polyline
 from msanet_core.synth.skeleton import Element, rib_lines
 
-# MODEL.md §5.7: ≈80 % axial; for the lung-cancer thorax task ribs ~35 %, thoracic/lumbar spine ~35 %.
+# MODEL.md §5.7: ≈80 % axial; lung-cancer thorax task: ribs ~35 %, thoracic/lumbar spine ~35 %.
 _SITE_P = {
-    "rib": 0.33, "thoracic_spine": 0.25, "lumbar_spine": 0.1, "sternum": 0.04, "scapula": 0.05,
-    "clavicle": 0.03, "humerus": 0.04, "pelvis": 0.1, "skull": 0.03, "femur": 0.03,
+    "rib": 0.33,
+    "thoracic_spine": 0.25,
+    "lumbar_spine": 0.1,
+    "sternum": 0.04,
+    "scapula": 0.05,
+    "clavicle": 0.03,
+    "humerus": 0.04,
+    "pelvis": 0.1,
+    "skull": 0.03,
+    "femur": 0.03,
 }
 _CLUSTER_SITES = ("rib", "thoracic_spine", "lumbar_spine", "pelvis")
 
@@ -46,10 +54,19 @@ class Hotspot:
     def as_dict(self) -> dict[str, Any]:
         s = self.shape
         return {
-            "kind": self.kind, "site": self.site, "element": self.element,
-            "center_row": s.cy, "center_col": s.cx, "radius_rows": s.ry, "radius_cols": s.rx,
-            "angle_rad": s.angle, "power": s.power, "contrast": self.contrast,
-            "excess": self.excess, "depth": self.depth, "cluster": self.cluster,
+            "kind": self.kind,
+            "site": self.site,
+            "element": self.element,
+            "center_row": s.cy,
+            "center_col": s.cx,
+            "radius_rows": s.ry,
+            "radius_cols": s.rx,
+            "angle_rad": s.angle,
+            "power": s.power,
+            "contrast": self.contrast,
+            "excess": self.excess,
+            "depth": self.depth,
+            "cluster": self.cluster,
         }
 
 
@@ -71,11 +88,13 @@ def _lesion_on(el: Element, rng: np.random.Generator, scale: float = 1.0) -> Ell
         return Ellipse(s.cy + oy * s.ry, s.cx + ox * s.rx, fy * s.ry, fx * s.rx, s.angle, 3.0)
     r = min(rng.uniform(1.5, 11.0) * scale, 1.2 * min(s.ry, s.rx))
     oy, ox = rng.uniform(-0.5, 0.5, size=2)
-    return Ellipse(s.cy + oy * s.ry, s.cx + ox * s.rx, r * rng.uniform(0.7, 1.0), r, rng.uniform(0, math.pi))
+    return Ellipse(
+        s.cy + oy * s.ry, s.cx + ox * s.rx, r * rng.uniform(0.7, 1.0), r, rng.uniform(0, math.pi)
+    )
 
 
 def sample_metastases(elements: list[Element], rng: np.random.Generator) -> list[Hotspot]:
-    """0 lesions in ≈30 % of patients, else 1–3 (most), 4–9, or 10–20 (diffuse); clusters in ≈12 %."""
+    """No lesion in ≈30 % of patients, else 1–3 (most), 4–9 or 10–20; clusters in ≈12 % (§5.7)."""
     if rng.random() < 0.3:
         return []
     by_site: dict[str, list[Element]] = {}
@@ -90,7 +109,17 @@ def sample_metastases(elements: list[Element], rng: np.random.Generator) -> list
     for site in rng.choice(sites, size=n, p=probs / probs.sum()):
         el = by_site[str(site)][int(rng.integers(len(by_site[str(site)])))]
         c = _contrast(rng)
-        out.append(Hotspot("metastasis", el.site, el.name, _lesion_on(el, rng), c, (c - 1) * el.activity, el.depth))
+        out.append(
+            Hotspot(
+                "metastasis",
+                el.site,
+                el.name,
+                _lesion_on(el, rng),
+                c,
+                (c - 1) * el.activity,
+                el.depth,
+            )
+        )
     if rng.random() < 0.12:  # MODEL.md §5.7: merged clusters, the paper's failure mode
         out += _cluster(by_site, rng)
     return out
@@ -106,62 +135,119 @@ def _cluster(by_site: dict[str, list[Element]], rng: np.random.Generator) -> lis
         r = float(rng.uniform(2.0, 6.0))
         shape = Ellipse(cy, cx, r * rng.uniform(0.6, 1.0), r, float(rng.uniform(0, math.pi)))
         c = _contrast(rng)
-        out.append(Hotspot("metastasis", site, el.name, shape, c, (c - 1) * el.activity, el.depth, cluster=0))
+        out.append(
+            Hotspot(
+                "metastasis", site, el.name, shape, c, (c - 1) * el.activity, el.depth, cluster=0
+            )
+        )
         step, theta = rng.uniform(0.8, 1.4) * r, rng.uniform(0, 2 * math.pi)
         cy, cx = cy + step * math.sin(theta), cx + step * math.cos(theta)
     return out
 
 
-def _spot(kind: str, el: Element, cy: float, cx: float, r: float, rng: np.random.Generator) -> Hotspot:
+def _spot(
+    el: Element, cy: float, cx: float, r: float, *, kind: str, rng: np.random.Generator
+) -> Hotspot:
     c = float(rng.uniform(1.5, 3.0))
-    return Hotspot(kind, el.site, el.name, Ellipse(cy, cx, r, r), c, (c - 1) * max(el.activity, 0.5), el.depth)
+    activity = (c - 1) * max(el.activity, 0.5)
+    return Hotspot(kind, el.site, el.name, Ellipse(cy, cx, r, r), c, activity, el.depth)
+
+
+_Named = dict[str, Element]
+_Sides = tuple[int, ...]
+
+
+def _joints(body: Body, named: _Named, sides: _Sides, rng: np.random.Generator) -> list[Hotspot]:
+    """Degenerative joint disease, often symmetric (shoulder, knee, sternoclavicular, facets)."""
+    joint = str(rng.choice(["glenoid", "knee", "sternoclavicular", "facet"]))
+    out = []
+    for side in sides:
+        if joint == "sternoclavicular":
+            el = named["manubrium"]
+            m = cast(Ellipse, el.shape)
+            cy, cx, r = m.cy - 5, m.cx + 9 * side, 3.0
+        elif joint == "facet":
+            el = named[f"L{int(rng.integers(3, 6))}"]
+            v = cast(Ellipse, el.shape)
+            cy, cx, r = v.cy, v.cx + side * 8, 3.0
+        else:
+            el = named[f"{joint}{'RL'[side > 0]}"]
+            j = cast(Ellipse, el.shape)
+            cy, cx, r = j.cy, j.cx, float(rng.uniform(3, 6))
+        out.append(_spot(el, cy, cx, r, kind="degenerative_joint", rng=rng))
+    return out
+
+
+def _fracture_row(
+    body: Body, named: _Named, sides: _Sides, rng: np.random.Generator
+) -> list[Hotspot]:
+    """Rib fractures: a vertical row of small spots on consecutive ribs (MODEL.md §5.8)."""
+    side, k0 = int(rng.choice([-1, 1])), int(rng.integers(3, 9))
+    u = float(rng.uniform(0.5, 0.9))
+    out = []
+    for k in range(k0, k0 + int(rng.integers(2, 5))):
+        el = named[f"rib{k}{'RL'[side > 0]}p"]
+        cy, cx, _ = rib_lines(body, k, side)[0].point_at(u)
+        out.append(
+            _spot(el, cy, cx, float(rng.uniform(1.5, 3.0)), kind="rib_fracture_row", rng=rng)
+        )
+    return out
+
+
+def _costochondral(
+    body: Body, named: _Named, sides: _Sides, rng: np.random.Generator
+) -> list[Hotspot]:
+    out = []
+    for k in rng.choice(np.arange(1, 8), size=int(rng.integers(1, 4)), replace=False):
+        for side in sides:
+            el = named[f"rib{k}{'RL'[side > 0]}a"]
+            cy, cx = cast(Polyline, el.shape).points[-1]
+            out.append(
+                _spot(el, cy, cx, float(rng.uniform(2.0, 3.0)), kind="costochondral", rng=rng)
+            )
+    return out
+
+
+def _compression(
+    body: Body, named: _Named, sides: _Sides, rng: np.random.Generator
+) -> list[Hotspot]:
+    """Vertebral compression fracture: a horizontal band across one thoracic body."""
+    el = named[f"T{int(rng.integers(6, 13))}"]
+    v = cast(Ellipse, el.shape)
+    c = float(rng.uniform(1.8, 3.0))
+    band = Ellipse(v.cy + rng.uniform(-2, 2), v.cx, 2.5, v.rx, 0.0, 4.0)
+    return [
+        Hotspot("compression_fracture", el.site, el.name, band, c, (c - 1) * el.activity, el.depth)
+    ]
+
+
+def _arthritis(body: Body, named: _Named, sides: _Sides, rng: np.random.Generator) -> list[Hotspot]:
+    out = []
+    for side in sides:
+        el = named[f"{rng.choice(['hand', 'foot'])}{'RL'[side > 0]}"]
+        h = cast(Ellipse, el.shape)
+        cy, cx = h.cy + rng.uniform(-5, 5), h.cx + rng.uniform(-4, 4)
+        out.append(_spot(el, cy, cx, 3.0, kind="arthritis", rng=rng))
+    return out
+
+
+_MIMICS = {
+    "degenerative_joint": (0.35, _joints),
+    "rib_fracture_row": (0.2, _fracture_row),
+    "costochondral": (0.2, _costochondral),
+    "compression_fracture": (0.1, _compression),
+    "arthritis": (0.15, _arthritis),
+}
 
 
 def sample_benign(body: Body, elements: list[Element], rng: np.random.Generator) -> list[Hotspot]:
-    """Benign mimics (MODEL.md §5.8): joints, rib-fracture rows, costochondral spots, compression."""
+    """Benign mimics (MODEL.md §5.8): joints, rib-fracture rows, costochondral spots, etc."""
     named = {e.name: e for e in elements}
+    kinds = list(_MIMICS)
+    probs = [_MIMICS[k][0] for k in kinds]
     out: list[Hotspot] = []
     for _ in range(int(rng.poisson(1.5))):
-        kind = str(rng.choice(["degenerative_joint", "rib_fracture_row", "costochondral",
-                               "compression_fracture", "arthritis"], p=[0.35, 0.2, 0.2, 0.1, 0.15]))
+        kind = str(rng.choice(kinds, p=probs))
         sides = (-1, 1) if rng.random() < 0.6 else (int(rng.choice([-1, 1])),)
-        if kind == "degenerative_joint":
-            joint = str(rng.choice(["glenoid", "knee", "sternoclavicular", "facet"]))
-            for side in sides:
-                tag = "RL"[side > 0]
-                if joint == "sternoclavicular":
-                    el = named["manubrium"]
-                    m = cast(Ellipse, el.shape)
-                    out.append(_spot(kind, el, m.cy - 5, m.cx + 9 * side, 3.0, rng))
-                elif joint == "facet":
-                    el = named[f"L{int(rng.integers(3, 6))}"]
-                    v = cast(Ellipse, el.shape)
-                    out.append(_spot(kind, el, v.cy, v.cx + side * 8, 3.0, rng))
-                else:
-                    el = named[f"{joint}{tag}"]
-                    j = cast(Ellipse, el.shape)
-                    out.append(_spot(kind, el, j.cy, j.cx, float(rng.uniform(3, 6)), rng))
-        elif kind == "rib_fracture_row":  # a vertical row of spots on consecutive ribs
-            side, k0, u = int(rng.choice([-1, 1])), int(rng.integers(3, 9)), float(rng.uniform(0.5, 0.9))
-            for k in range(k0, k0 + int(rng.integers(2, 5))):
-                el = named[f"rib{k}{'RL'[side > 0]}p"]
-                cy, cx, _ = rib_lines(body, k, side)[0].point_at(u)
-                out.append(_spot(kind, el, cy, cx, float(rng.uniform(1.5, 3.0)), rng))
-        elif kind == "costochondral":
-            for k in rng.choice(np.arange(1, 8), size=int(rng.integers(1, 4)), replace=False):
-                for side in sides:
-                    el = named[f"rib{k}{'RL'[side > 0]}a"]
-                    cy, cx = cast(Polyline, el.shape).points[-1]
-                    out.append(_spot(kind, el, cy, cx, float(rng.uniform(2.0, 3.0)), rng))
-        elif kind == "compression_fracture":
-            el = named[f"T{int(rng.integers(6, 13))}"]
-            v = cast(Ellipse, el.shape)
-            c = float(rng.uniform(1.8, 3.0))
-            band = Ellipse(v.cy + rng.uniform(-2, 2), v.cx, 2.5, v.rx, 0.0, 4.0)
-            out.append(Hotspot(kind, el.site, el.name, band, c, (c - 1) * el.activity, el.depth))
-        else:
-            for side in sides:
-                el = named[f"{rng.choice(['hand', 'foot'])}{'RL'[side > 0]}"]
-                h = cast(Ellipse, el.shape)
-                out.append(_spot(kind, el, h.cy + rng.uniform(-5, 5), h.cx + rng.uniform(-4, 4), 3.0, rng))
+        out += _MIMICS[kind][1](body, named, sides, rng)
     return out

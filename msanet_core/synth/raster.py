@@ -61,7 +61,8 @@ class Polyline:
         return min(ys) - r, max(ys) + r, min(xs) - r, max(xs) + r
 
     def coverage(self, ys: FloatArray, xs: FloatArray) -> FloatArray:
-        return np.clip(self.radius + 0.5 - self.distance(ys, xs), 0.0, 1.0).astype(np.float32)
+        cov: FloatArray = np.clip(self.radius + 0.5 - self.distance(ys, xs), 0.0, 1.0)
+        return cov.astype(np.float32)
 
     def distance(self, ys: FloatArray, xs: FloatArray) -> FloatArray:
         """Distance in pixels from each sample point to the centre line."""
@@ -99,8 +100,8 @@ def window(
 ) -> tuple[slice, slice] | None:
     """Integer row/column slices of the shape's bounding box (+``pad``) clipped to the image."""
     y0, y1, x0, x1 = shape.bbox()
-    r0, r1 = max(int(math.floor(y0 - pad)), 0), min(int(math.ceil(y1 + pad)) + 1, image_shape[0])
-    c0, c1 = max(int(math.floor(x0 - pad)), 0), min(int(math.ceil(x1 + pad)) + 1, image_shape[1])
+    r0, r1 = max(math.floor(y0 - pad), 0), min(math.ceil(y1 + pad) + 1, image_shape[0])
+    c0, c1 = max(math.floor(x0 - pad), 0), min(math.ceil(x1 + pad) + 1, image_shape[1])
     if r0 >= r1 or c0 >= c1:
         return None
     return slice(r0, r1), slice(c0, c1)
@@ -116,6 +117,6 @@ def patch_coverage(shape: Shape, rows: slice, cols: slice) -> FloatArray:
 
 def draw(canvas: FloatArray, shape: Shape, value: float) -> None:
     """Add ``value × coverage`` of ``shape`` into ``canvas`` in place."""
-    win = window(shape, canvas.shape)  # type: ignore[arg-type]
+    win = window(shape, (canvas.shape[0], canvas.shape[1]))
     if win is not None:
         canvas[win] += np.float32(value) * patch_coverage(shape, *win)

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from msanet_core.synth.body import COLS, PIXEL_MM, ROWS, Body, sample_body, thickness_at, thickness_map
+from msanet_core.synth.body import (
+    COLS,
+    PIXEL_MM,
+    ROWS,
+    Body,
+    sample_body,
+    thickness_at,
+    thickness_map,
+)
 from msanet_core.synth.hotspots import Hotspot, sample_benign, sample_metastases
-from msanet_core.synth.raster import Ellipse, FloatArray, draw, patch_coverage, window
+from msanet_core.synth.raster import Ellipse, FloatArray, Shape, patch_coverage, window
 from msanet_core.synth.skeleton import THORAX_SITES, Element, build_skeleton
 
 VIEWS = ("anterior", "posterior")
@@ -83,27 +91,54 @@ def _uptake(body: Body, rng: np.random.Generator, superscan: bool) -> list[Eleme
     by = body.row(0.522) + rng.uniform(-4, 4)
     fill = rng.uniform(0.4, 1.0)
     bladder = Ellipse(by, body.col(by), 8 + 10 * fill, 12 + 14 * fill, 0.0, 2.3)
-    out.append(Element("bladder", "organ", bladder, float(rng.uniform(1.8, 4.5)) * (0.5 if superscan else 1), 0.3))
+    out.append(
+        Element(
+            "bladder",
+            "organ",
+            bladder,
+            float(rng.uniform(1.8, 4.5)) * (0.5 if superscan else 1),
+            0.3,
+        )
+    )
     side = int(rng.choice([-1, 1]))
     iy = body.row(float(rng.choice([0.37, 0.56])))
-    dx = side * (body.shoulder_hw - body.arm_radius + (iy - body.shoulder_row) * math.tan(body.arm_abduction))
+    dx = side * (
+        body.shoulder_hw - body.arm_radius + (iy - body.shoulder_row) * math.tan(body.arm_abduction)
+    )
     # MODEL.md §5.3: injection site 2–50 × bone; a clean injection often leaves none visible
-    shot = float(np.clip(rng.lognormal(math.log(5.0), 0.9), 2.0, 50.0)) if rng.random() < 0.6 else 0.0
-    out.append(Element("injection", "injection", Ellipse(iy, body.col(iy, dx), 2.5, 2.5), shot, 0.3))
+    shot = (
+        float(np.clip(rng.lognormal(math.log(5.0), 0.9), 2.0, 50.0)) if rng.random() < 0.6 else 0.0
+    )
+    out.append(
+        Element("injection", "injection", Ellipse(iy, body.col(iy, dx), 2.5, 2.5), shot, 0.3)
+    )
     for _ in range(int(rng.random() < 0.1) * int(rng.integers(1, 3))):
         cy = body.row(float(rng.uniform(0.53, 0.65)))
         blob = Ellipse(cy, body.col(cy, rng.uniform(-40, 40)), 3, 4)
-        out.append(Element("contamination", "contamination", blob, float(rng.uniform(1.0, 5.0)), 0.02))
+        out.append(
+            Element("contamination", "contamination", blob, float(rng.uniform(1.0, 5.0)), 0.02)
+        )
     return out
 
 
+_A = TypeVar("_A", bound=np.generic)
+
+
+def _mirror(a: npt.NDArray[_A]) -> npt.NDArray[_A]:
+    return np.ascontiguousarray(a[:, ::-1])
+
+
+def _keep(a: npt.NDArray[_A]) -> npt.NDArray[_A]:
+    return a
+
+
 def _weights(depth: float, thickness: float, mu: float) -> tuple[float, float]:
-    """Attenuation of a source at ``depth`` for ANT and POST, normalised to 1 at mid-depth (§5.4)."""
+    """ANT and POST attenuation of a source at ``depth``, 1 at mid-depth (MODEL.md §5.4)."""
     return (math.exp(-mu * (depth - 0.5) * thickness), math.exp(-mu * (0.5 - depth) * thickness))
 
 
 def _blur(image: FloatArray, sigma: float, motion: int) -> FloatArray:
-    out = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=3.0)
+    out: FloatArray = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=3.0)
     if motion > 1:  # MODEL.md §5.5: occasional motion blur along the scan axis
         out = ndimage.uniform_filter1d(out, motion, axis=0, mode="constant")
     return out
@@ -129,53 +164,98 @@ def generate_patient(seed: int, index: int) -> SyntheticPatient:
     layers = np.zeros((2, 2, ROWS, COLS), dtype=np.float32)  # [view][near, far]
     for el in skeleton + organs:
         gain = bone_gain if el.site not in ("organ", "injection", "contamination") else 1.0
-        _add(layers, el.shape, el.activity * gain, el.depth, body, mu)
+        _add(layers, el.shape, el.activity * gain, el.depth, body=body, mu=mu)
     for spot in mets + benign:
-        _add(layers, spot.shape, spot.excess * bone_gain, spot.depth, body, mu)
+        _add(layers, spot.shape, spot.excess * bone_gain, spot.depth, body=body, mu=mu)
     thick = thickness_map(body)
     soft = SOFT_GAIN * soft_level * (1.0 - np.exp(-mu * thick)) / mu
     expected = [
-        _blur(layers[v, 0], sigmas[0], motion) + _blur(layers[v, 1], sigmas[1], motion)
+        _blur(layers[v, 0], sigmas[0], motion)
+        + _blur(layers[v, 1], sigmas[1], motion)
         + _blur(soft, 0.5 * (sigma_near + sigma_far), motion)
         for v in range(2)
     ]
     scale = 2.0 * total / float(expected[0].sum() + expected[1].sum())
     # MODEL.md §5.6: outside the body ≈ 0; a trace of room background / scatter
-    counts = [np.minimum(rng.poisson(e * scale + BACKGROUND_PER_PX), 65535).astype(np.uint16) for e in expected]
+    counts = [
+        np.minimum(rng.poisson(e * scale + BACKGROUND_PER_PX), 65535).astype(np.uint16)
+        for e in expected
+    ]
 
     rois = _regions(body, organs, thick, sum(layers[0]) + sum(layers[1]), soft)
-    labels = [_labels(mets, benign, expected[v], v, body, mu, sigmas, motion, rois["body"]) for v in range(2)]
-    shoulder = int(round(body.shoulder_row))
+    labels = [
+        _labels(
+            mets,
+            benign,
+            expected[v],
+            v,
+            body=body,
+            mu=mu,
+            sigmas=sigmas,
+            motion=motion,
+            inside=rois["body"],
+        )
+        for v in range(2)
+    ]
+    shoulder = round(body.shoulder_row)
     top = int(np.clip(shoulder - SHOULDER_MARGIN, 0, ROWS - CROP_ROWS))
     views = []
     for v, name in enumerate(VIEWS):
         lesion, benign_mask, inst, visible = labels[v]
-        arrays = [counts[v], lesion, benign_mask, inst]
-        regions = dict(rois)
-        if v == 1:  # §5.4: POST stored as acquired, mirrored left-right
-            arrays = [np.ascontiguousarray(a[:, ::-1]) for a in arrays]
-            regions = {k: np.ascontiguousarray(r[:, ::-1]) for k, r in rois.items()}
+        mirror = _mirror if v == 1 else _keep  # §5.4: POST stored as acquired, mirrored
         thorax = tuple(i for i in visible if mets[i].site in THORAX_SITES)
-        views.append(SyntheticView(name, arrays[0], arrays[1], arrays[2], arrays[3], shoulder, top,
-                                   thorax, regions))
+        view = SyntheticView(
+            view=name,
+            counts=mirror(counts[v]),
+            lesion_mask=mirror(lesion),
+            benign_mask=mirror(benign_mask),
+            instances=mirror(inst),
+            shoulder_row=shoulder,
+            thorax_top=top,
+            thorax_lesions=thorax,
+            regions={k: mirror(r) for k, r in rois.items()},
+        )
+        views.append(view)
     params = {
-        "seed": seed, "index": index, "superscan": superscan, "negative": not mets,
-        "body": body.as_dict(), "bone_gain": bone_gain, "mu_per_cm": mu,
-        "psf_sigma_px": {"near": sigma_near, "far": sigma_far}, "motion_blur_rows": motion,
-        "soft_tissue_level": soft_level, "total_counts_target": total, "pixel_spacing_mm": PIXEL_MM,
-        "shoulder_row": shoulder, "thorax_top": top,
-        "organs": [{"name": e.name, "activity": e.activity, "center_row": e.shape.cy,
-                    "center_col": e.shape.cx, "radius_rows": e.shape.ry, "radius_cols": e.shape.rx}
-                   for e in organs if isinstance(e.shape, Ellipse)],
-        "metastases": [dict(h.as_dict(), id=i + 1, visible=[i in labels[0][3], i in labels[1][3]])
-                       for i, h in enumerate(mets)],
+        "seed": seed,
+        "index": index,
+        "superscan": superscan,
+        "negative": not mets,
+        "body": body.as_dict(),
+        "bone_gain": bone_gain,
+        "mu_per_cm": mu,
+        "psf_sigma_px": {"near": sigma_near, "far": sigma_far},
+        "motion_blur_rows": motion,
+        "soft_tissue_level": soft_level,
+        "total_counts_target": total,
+        "pixel_spacing_mm": PIXEL_MM,
+        "shoulder_row": shoulder,
+        "thorax_top": top,
+        "organs": [
+            {
+                "name": e.name,
+                "activity": e.activity,
+                "center_row": e.shape.cy,
+                "center_col": e.shape.cx,
+                "radius_rows": e.shape.ry,
+                "radius_cols": e.shape.rx,
+            }
+            for e in organs
+            if isinstance(e.shape, Ellipse)
+        ],
+        "metastases": [
+            dict(h.as_dict(), id=i + 1, visible=[i in labels[0][3], i in labels[1][3]])
+            for i, h in enumerate(mets)
+        ],
         "benign": [h.as_dict() for h in benign],
         "element_activity": {e.name: e.activity for e in skeleton},
     }
     return SyntheticPatient(patient_id_for(seed, index), seed, index, views[0], views[1], params)
 
 
-def _add(layers: FloatArray, shape: Ellipse | Any, value: float, depth: float, body: Body, mu: float) -> None:
+def _add(
+    layers: FloatArray, shape: Shape, value: float, depth: float, *, body: Body, mu: float
+) -> None:
     """Draw one source into the near/far layers of both views with its attenuation weights."""
     win = window(shape, (ROWS, COLS))
     if win is None or value == 0.0:
@@ -188,8 +268,16 @@ def _add(layers: FloatArray, shape: Ellipse | Any, value: float, depth: float, b
 
 
 def _labels(
-    mets: list[Hotspot], benign: list[Hotspot], expected: FloatArray, view: int, body: Body,
-    mu: float, sigmas: tuple[float, float], motion: int, inside: npt.NDArray[np.bool_],
+    mets: list[Hotspot],
+    benign: list[Hotspot],
+    expected: FloatArray,
+    view: int,
+    *,
+    body: Body,
+    mu: float,
+    sigmas: tuple[float, float],
+    motion: int,
+    inside: npt.NDArray[np.bool_],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint16], list[int]]:
     """Masks from each hotspot's own blurred excess ≥ 40 % of its peak (MODEL.md §5.9)."""
     best = np.zeros((ROWS, COLS), dtype=np.float32)
@@ -204,7 +292,9 @@ def _labels(
             continue
         frac = (spot.shape.cy - body.top_row) / body.height_px
         w = _weights(spot.depth, thickness_at(body, frac), mu)[view]
-        excess = _blur(patch_coverage(spot.shape, *win) * np.float32(spot.excess * w), sigma, motion)
+        excess = _blur(
+            patch_coverage(spot.shape, *win) * np.float32(spot.excess * w), sigma, motion
+        )
         peak = float(excess.max())
         if peak <= 0 or peak < VISIBLE_CONTRAST * float(expected[win].max() - peak):
             continue
@@ -236,7 +326,11 @@ def _regions(
     cols = np.arange(COLS, dtype=np.float64)[None, :]
     t1, t12 = body.shoulder_row - 2.0, body.row(0.36)
     step = (t12 - t1) / 12
-    spine = (rows >= t1 + step) & (rows < t12 - step) & (np.abs(cols - body.col(0.0) - rows * body.tilt) <= 4)
+    spine = (
+        (rows >= t1 + step)
+        & (rows < t12 - step)
+        & (np.abs(cols - body.col(0.0) - rows * body.tilt) <= 4)
+    )
     near_bone = ndimage.gaussian_filter(hot, 3.0) > 0.05 * soft
     trunk = (rows >= body.row(0.22)) & (rows < body.row(0.5))
     soft_roi = trunk & (thick >= 0.6 * body.thickness_cm) & ~near_bone

@@ -37,7 +37,9 @@ def assign_splits(
     splits (MODEL.md §1).
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-3:
-        raise ValueError(f"fractions {tuple(fractions)} must be three non-negative values summing to 1")
+        raise ValueError(
+            f"fractions {tuple(fractions)} must be three non-negative values summing to 1"
+        )
     ids = sorted(set(patient_ids), key=lambda p: _rank_key(p, seed))
     n = len(ids)
     n_val, n_test = round(fractions[1] * n), round(fractions[2] * n)

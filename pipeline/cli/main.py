@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pipeline import __version__
-from pipeline.cli import check, db, listen
+from pipeline.cli import check, data, db, listen
 from pipeline.logs import configure_logging
 from pipeline.settings import InvalidSettingsError, get_settings
 
@@ -38,6 +38,7 @@ def version() -> None:
 # Command groups register here, one line each (module per group, see STYLE.md).
 app.command(name="check")(check.check)
 app.add_typer(db.app, name="db")
+app.add_typer(data.app, name="data")
 app.command(name="listen")(listen.listen)
 
 

@@ -19,7 +19,9 @@ def patients() -> list[SyntheticPatient]:
     return [generate_patient(2026, i) for i in range(N_PATIENTS)]
 
 
-def test_crop_top_is_within_10_rows_of_truth_for_98_percent_of_views(patients: list[SyntheticPatient]) -> None:
+def test_crop_top_is_within_10_rows_of_truth_for_98_percent_of_views(
+    patients: list[SyntheticPatient],
+) -> None:
     errors = np.array([crop_thorax(v.counts).top - v.thorax_top for p in patients for v in p.views])
     assert errors.size == 2 * N_PATIENTS
     assert np.mean(np.abs(errors) <= 10) >= 0.98, np.percentile(errors, [0, 1, 50, 99, 100])
@@ -32,14 +34,16 @@ def test_every_thorax_lesion_lies_inside_the_crop(patients: list[SyntheticPatien
             crop = crop_thorax(v.counts)
             for lesion in v.thorax_lesions:
                 rows = np.flatnonzero((v.instances == lesion + 1).any(axis=1))
-                assert rows.min() >= crop.top and rows.max() < crop.bottom, (p.patient_id, v.view)
+                assert rows.min() >= crop.top, (p.patient_id, v.view)
+                assert rows.max() < crop.bottom, (p.patient_id, v.view)
                 checked += 1
     assert checked > 100
 
 
 def test_cohort_covers_short_tall_and_low_count_bodies(patients: list[SyntheticPatient]) -> None:
     heights = [p.params["body"]["height_px"] * 0.226 for p in patients]
-    assert min(heights) < 153 and max(heights) > 187
+    assert min(heights) < 153
+    assert max(heights) > 187
     assert min(int(v.counts.sum()) for p in patients for v in p.views) < 1.0e6
 
 
@@ -51,10 +55,14 @@ def test_feet_first_crop_is_the_same_window_flipped(patients: list[SyntheticPati
         assert feet.top == 1024 - head.top - 256
         np.testing.assert_array_equal(feet.apply(image[::-1]), head.apply(image))
         pasted = feet.paste(feet.apply(image[::-1]), image.shape)
-        np.testing.assert_array_equal(pasted[feet.top : feet.bottom], image[::-1][feet.top : feet.bottom])
+        np.testing.assert_array_equal(
+            pasted[feet.top : feet.bottom], image[::-1][feet.top : feet.bottom]
+        )
 
 
-def test_hot_bladder_and_injection_site_do_not_move_the_window(patients: list[SyntheticPatient]) -> None:
+def test_hot_bladder_and_injection_site_do_not_move_the_window(
+    patients: list[SyntheticPatient],
+) -> None:
     p = patients[3]
     image = p.anterior.counts.astype(np.int64)
     rows = np.flatnonzero(p.anterior.regions["bladder"].any(axis=1))
@@ -98,7 +106,9 @@ def test_outline_phantom_shoulder_is_found_near_the_steepest_widening(
     head = 32 * np.sqrt(np.clip(1 - ((rows - head_c) / head_r) ** 2, 0, 1))
     s = top + head_rows + neck_rows  # true shoulder line (centre of the slope)
     rise = np.clip((rows - (s - 10)) / 20, 0, 1)
-    trunk = np.where(rows >= top + head_rows - 5, neck + (shoulder - neck) * rise * rise * (3 - 2 * rise), 0)
+    trunk = np.where(
+        rows >= top + head_rows - 5, neck + (shoulder - neck) * rise * rise * (3 - 2 * rise), 0
+    )
     trunk = np.where(rows < top + 700, trunk, 0)
     hw = np.maximum(head, trunk)[:, None]
     image = (np.abs(np.arange(256)[None, :] - 128) < hw) * 30.0

@@ -26,15 +26,23 @@ def test_same_seed_and_index_give_identical_patients() -> None:
     assert not np.array_equal(generate_patient(6, 3).anterior.counts, a.anterior.counts)
 
 
-def test_views_are_uint16_counts_with_uint8_masks_of_whole_body_shape(cohort: list[SyntheticPatient]) -> None:
+def test_views_are_uint16_counts_with_uint8_masks_of_whole_body_shape(
+    cohort: list[SyntheticPatient],
+) -> None:
     for view in cohort[0].views:
-        assert view.counts.shape == (1024, 256) and view.counts.dtype == np.uint16
-        assert view.lesion_mask.dtype == np.uint8 and view.benign_mask.dtype == np.uint8
-        assert view.lesion_mask.shape == view.benign_mask.shape == view.instances.shape == (1024, 256)
+        assert view.counts.shape == (1024, 256)
+        assert view.counts.dtype == np.uint16
+        assert view.lesion_mask.dtype == np.uint8
+        assert view.benign_mask.dtype == np.uint8
+        assert (
+            view.lesion_mask.shape == view.benign_mask.shape == view.instances.shape == (1024, 256)
+        )
     assert [v.view for v in cohort[0].views] == ["anterior", "posterior"]
 
 
-def test_posterior_is_mirrored_left_right_relative_to_anterior(cohort: list[SyntheticPatient]) -> None:
+def test_posterior_is_mirrored_left_right_relative_to_anterior(
+    cohort: list[SyntheticPatient],
+) -> None:
     p = cohort[0]
     np.testing.assert_array_equal(p.posterior.regions["body"], p.anterior.regions["body"][:, ::-1])
     lateral = p.params["body"]["center_col"] - 128.0
@@ -46,8 +54,19 @@ def test_posterior_is_mirrored_left_right_relative_to_anterior(cohort: list[Synt
 
 def test_params_record_every_sampled_parameter_as_json(cohort: list[SyntheticPatient]) -> None:
     params = json.loads(json.dumps(cohort[1].params))
-    for key in ("body", "bone_gain", "mu_per_cm", "psf_sigma_px", "total_counts_target",
-                "organs", "metastases", "benign", "shoulder_row", "thorax_top", "element_activity"):
+    for key in (
+        "body",
+        "bone_gain",
+        "mu_per_cm",
+        "psf_sigma_px",
+        "total_counts_target",
+        "organs",
+        "metastases",
+        "benign",
+        "shoulder_row",
+        "thorax_top",
+        "element_activity",
+    ):
         assert key in params
     assert {"height_px", "top_row", "shoulder_hw", "thickness_cm", "tilt"} <= set(params["body"])
 
@@ -62,7 +81,9 @@ def test_lesion_masks_match_the_labelled_metastases(cohort: list[SyntheticPatien
             assert not (view.lesion_mask & ~view.regions["body"]).any()
 
 
-def test_cohort_has_negatives_clusters_benign_mimics_and_varied_builds(cohort: list[SyntheticPatient]) -> None:
+def test_cohort_has_negatives_clusters_benign_mimics_and_varied_builds(
+    cohort: list[SyntheticPatient],
+) -> None:
     negative = sum(p.params["negative"] for p in cohort)
     assert 0.12 * len(cohort) <= negative <= 0.5 * len(cohort)  # MODEL.md §5.7: ≈30 %
     big = [generate_patient(21, i) for i in range(60, 160)]
@@ -70,9 +91,11 @@ def test_cohort_has_negatives_clusters_benign_mimics_and_varied_builds(cohort: l
     kinds = {b["kind"] for p in cohort for b in p.params["benign"]}
     assert {"degenerative_joint", "rib_fracture_row", "costochondral"} <= kinds
     heights = [p.params["body"]["height_px"] * 0.226 for p in cohort]
-    assert min(heights) < 158 and max(heights) > 182
+    assert min(heights) < 158
+    assert max(heights) > 182
     counts = [int(p.anterior.counts.sum()) for p in cohort]
-    assert min(counts) < 1.3e6 and max(counts) > 2.6e6  # MODEL.md §5.6: low to high
+    assert min(counts) < 1.3e6
+    assert max(counts) > 2.6e6
 
 
 def test_metastases_are_mostly_axial_with_contrast_in_range(cohort: list[SyntheticPatient]) -> None:
