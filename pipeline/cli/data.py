@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -149,3 +150,77 @@ def stats(
             )
     if not all(r.ok for r in table):
         raise typer.Exit(1)
+
+
+@app.command(name="import-labelme")
+def import_labelme(
+    source: Annotated[
+        Path, typer.Argument(help="Folder of LabelMe JSON files (searched recursively).")
+    ],
+    *,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Training directory (default SOURCE/training)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="train,val,test patient fractions.")] = "0.7,0.15,0.15",
+    seed: Annotated[int, typer.Option(help="Seed of the patient-level split.")] = 0,
+    lesion_label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lesion-label", help="Label counted as lesion (repeat); default: all but benign."
+        ),
+    ] = None,
+    benign_label: Annotated[
+        list[str] | None, typer.Option("--benign-label", help="Label of benign hot spots (repeat).")
+    ] = None,
+    patient_pattern: Annotated[
+        str | None,
+        typer.Option(help="Regex with a (?P<patient>...) group over PNG file names."),
+    ] = None,
+    png_feet_first: Annotated[
+        bool, typer.Option("--png-feet-first", help="PNG scans have the feet at row 0.")
+    ] = False,
+) -> None:
+    """Turn LabelMe polygons over DICOM or 16-bit PNG scans into training crops by patient."""
+
+    from msanet_core.labelme import DEFAULT_BENIGN_LABELS  # noqa: PLC0415
+    from pipeline.dicom.labelme_import import (  # noqa: PLC0415
+        DEFAULT_PATIENT_PATTERN,
+        ImportOptions,
+    )
+    from pipeline.dicom.labelme_import import import_labelme as run_import  # noqa: PLC0415
+
+    if not source.is_dir():
+        fail(f"{source} is not a directory")
+    pattern = patient_pattern or DEFAULT_PATIENT_PATTERN
+    try:
+        if "(?P<patient>" not in pattern:
+            raise re.error("needs a (?P<patient>...) group")
+        re.compile(pattern)
+    except re.error as error:
+        fail(f"--patient-pattern {pattern!r}: {error}")
+    options = ImportOptions(
+        fractions=_fractions(split),
+        seed=seed,
+        lesion_labels=tuple(lesion_label) if lesion_label else None,
+        benign_labels=tuple(benign_label) if benign_label else DEFAULT_BENIGN_LABELS,
+        patient_pattern=pattern,
+        png_head_first=not png_feet_first,
+    )
+    target = out or source / "training"
+    try:
+        report = run_import(source, target, options)
+    except OSError as error:
+        fail(f"cannot write to {target}: {error.strerror or error}")
+    for line in report.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    for line in report.skipped:
+        typer.echo(f"skipped: {line}", err=True)
+    total = sum(report.written.values())
+    counts = ", ".join(f"{k} {report.written.get(k, 0)}" for k in ("train", "val", "test"))
+    typer.echo(
+        f"imported {total} views of {report.patients} patients into {target} ({counts}); "
+        f"{len(report.skipped)} skipped"
+    )
+    if total == 0:
+        fail("no annotation could be imported")
