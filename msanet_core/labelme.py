@@ -123,7 +123,7 @@ def fill_polygon(
     for i in range(len(pts)):
         a, b = pts[i], pts[(i + 1) % len(pts)]
         crosses = (a[1] > ys) != (b[1] > ys)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             x_at = a[0] + (ys - a[1]) * (b[0] - a[0]) / (b[1] - a[1])
         inside ^= crosses & (xs < x_at)
         near |= _edge_distance(xs, ys, a, b) <= 0.5  # PIL draws the outline too
