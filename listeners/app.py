@@ -33,7 +33,7 @@ from pipeline.settings import ListenerSettings, Settings
 
 logger = logging.getLogger(__name__)
 
-ACSE_TIMEOUT_S = 30.0
+ACSE_TIMEOUT_S = 10.0  # a modality sends its A-ASSOCIATE-RQ right after connecting
 DIMSE_TIMEOUT_S = 120.0
 NETWORK_TIMEOUT_S = 120.0  # an idle or stuck peer's association is closed after this
 UNCOMPRESSED = (

@@ -90,10 +90,26 @@ def _skip(frames: int | None, code: SkipCode, reason: str) -> Classification:
     return Classification(number_of_frames=frames, skip=code, reason=reason)
 
 
-def classify(dataset: Dataset, sop_class_uid: str, *, has_pixel_data: bool) -> Classification:
-    """Classify one instance from its header; ``has_pixel_data`` says whether (7FE0,0010) came.
+def _native_length(dataset: Dataset, rows: int, columns: int, frames: int) -> int | None:
+    bits, samples = _int(dataset.get("BitsAllocated")), _int(dataset.get("SamplesPerPixel", 1))
+    if bits is None or samples is None:
+        return None
+    length = (rows * columns * frames * samples * bits + 7) // 8
+    return length + length % 2  # PS3.5 7.1.1: values are padded to an even length
 
-    ``sop_class_uid`` is the Affected SOP Class UID of the C-STORE request.
+
+def classify(
+    dataset: Dataset,
+    sop_class_uid: str,
+    *,
+    pixel_data_length: int | None,
+    encapsulated: bool = False,
+) -> Classification:
+    """Classify one instance from its header.
+
+    ``sop_class_uid`` is the Affected SOP Class UID of the C-STORE request;
+    ``pixel_data_length`` the length of (7FE0,0010) as received (None when absent), checked
+    against Rows × Columns × frames for native (not ``encapsulated``) pixel data.
     """
     frames = _int(dataset.get("NumberOfFrames", 1))
     modality = str(dataset.get("Modality", "")).strip().upper()
@@ -112,6 +128,14 @@ def classify(dataset: Dataset, sop_class_uid: str, *, has_pixel_data: bool) -> C
         )
     if frames not in (1, 2):
         return _skip(frames, SkipCode.FRAMES, f"{frames} frames: a whole-body scan has 1 or 2")
-    if not has_pixel_data:
+    if pixel_data_length is None:
         return _skip(frames, SkipCode.NO_PIXEL_DATA, "no pixel data")
+    if not encapsulated:
+        expected = _native_length(dataset, rows, columns, frames)  # type: ignore[arg-type]
+        if expected is not None and pixel_data_length not in (expected, expected - 1):
+            return _skip(
+                frames,
+                SkipCode.GEOMETRY,
+                f"pixel data holds {pixel_data_length} bytes, the header needs {expected}",
+            )
     return Classification(number_of_frames=frames, view=view_of(dataset) if frames == 1 else None)

@@ -113,6 +113,7 @@ class StoreHandlers:
             (events.EVT_ACCEPTED, self.handle_accepted),
             (events.EVT_REJECTED, self.handle_rejected),
             (events.EVT_ABORTED, self.handle_aborted),
+            (events.EVT_CONN_CLOSE, self.handle_connection_closed),
         ]
 
     def handle_echo(self, event: events.Event) -> int:
@@ -137,6 +138,14 @@ class StoreHandlers:
             assoc.requestor.address,
             reason,
         )
+
+    def handle_connection_closed(self, event: events.Event) -> None:
+        """A peer that hangs up before its A-ASSOCIATE-RQ frees its slot now, not after the ACSE
+        timeout: otherwise a burst of junk connections holds every slot and a modality's next
+        association is refused as local-limit-exceeded (seen with the fuzz corpus)."""
+        assoc = event.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None and not assoc.is_established:
+            assoc.dul.to_user_queue.put(None)  # what the acceptor reads as "no request came"
 
     def handle_aborted(self, event: events.Event) -> None:
         logger.warning("association_aborted calling=%s", event.assoc.requestor.ae_title)

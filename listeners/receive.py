@@ -12,6 +12,7 @@ from io import BytesIO
 
 from pydicom import Dataset, dcmread
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from listeners.classify import Classification, classify
 from listeners.spool import Stored, is_valid_uid
@@ -69,20 +70,25 @@ def _series_number(dataset: Dataset) -> int | None:
         return None
 
 
-def pixel_digest(dataset: Dataset) -> str | None:
-    """SHA-256 hex of the pixel data element's value as encoded, or None without pixel data."""
+def pixel_value(dataset: Dataset) -> bytes | None:
+    """The pixel data element's value as encoded (not decoded), or None without pixel data."""
     for tag in PIXEL_DATA_TAGS:
         if tag in dataset:
             value = dataset.get_item(tag).value
             if isinstance(value, bytes):
-                return hashlib.sha256(value).hexdigest()
+                return value
     return None
 
 
 def _describe(dataset: Dataset, sop_class_uid: str) -> Parsed:
     meta = dataset.file_meta
-    digest = pixel_digest(dataset)
-    classification = classify(dataset, sop_class_uid, has_pixel_data=digest is not None)
+    pixels = pixel_value(dataset)
+    classification = classify(
+        dataset,
+        sop_class_uid,
+        pixel_data_length=None if pixels is None else len(pixels),
+        encapsulated=UID(str(meta.TransferSyntaxUID)).is_encapsulated,
+    )
     return Parsed(
         study_instance_uid=_uid(dataset, "StudyInstanceUID"),
         series_instance_uid=_uid(dataset, "SeriesInstanceUID"),
@@ -90,7 +96,7 @@ def _describe(dataset: Dataset, sop_class_uid: str) -> Parsed:
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(meta.TransferSyntaxUID),
         classification=classification,
-        pixel_digest=digest,
+        pixel_digest=None if pixels is None else hashlib.sha256(pixels).hexdigest(),
         modality=_text(dataset, "Modality"),
         series_number=_series_number(dataset),
         series_description=_text(dataset, "SeriesDescription"),
