@@ -22,12 +22,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from listeners.completeness import SeriesJobs
+from listeners.database import ListenerSessions
 from listeners.enqueue import Enqueuer
 from listeners.handlers import StoreHandlers
 from listeners.metrics import ListenerMetrics
 from listeners.spool import Spool
 from listeners.sweeper import Sweeper
-from pipeline.db.session import make_engine, make_session_factory
+from pipeline.db.session import make_engine
 from pipeline.model_version import current_model_version
 from pipeline.settings import ListenerSettings, Settings
 
@@ -106,14 +107,9 @@ class Listener:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         listener = settings.listener
-        self.engine = (
-            make_engine(
-                settings.database_url, pool_size=listener.max_associations + 2, max_overflow=4
-            )
-            if not settings.database_url.startswith("sqlite")
-            else make_engine(settings.database_url)
-        )
-        self.session_factory = make_session_factory(self.engine)
+        pool = {"pool_size": listener.max_associations + 2, "max_overflow": 4}
+        self.engine = make_engine(settings.database_url, **pool)
+        self.session_factory = ListenerSessions(self.engine)
         self.spool = Spool(settings.spool_dir)
         self.metrics = ListenerMetrics()
         self.model_version = current_model_version(settings)

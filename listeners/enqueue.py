@@ -13,8 +13,9 @@ from typing import Any
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
 from pipeline.db.ingest import mark_queued
 from pipeline.settings import Settings
@@ -33,7 +34,7 @@ class Enqueuer:
     def __init__(
         self,
         settings: Settings,
-        session_factory: sessionmaker[Session],
+        session_factory: Sessions,
         metrics: ListenerMetrics,
     ) -> None:
         self._session_factory = session_factory

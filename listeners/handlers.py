@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from pynetdicom import events
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
 from listeners.receive import Parsed, UnreadableDatasetError, parse, received_instance
 from listeners.spool import Spool, Stored
@@ -53,7 +54,7 @@ class Recorded:
 
 
 def record(
-    session_factory: sessionmaker[Session],
+    session_factory: Sessions,
     parsed: Parsed,
     stored: Stored,
     *,
@@ -94,7 +95,7 @@ class StoreHandlers:
     def __init__(
         self,
         spool: Spool,
-        session_factory: sessionmaker[Session],
+        session_factory: Sessions,
         arrivals: ArrivalSink,
         metrics: ListenerMetrics,
         model_version: str,

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydicom.filewriter import write_file_meta_info  # noqa: F401  (pydicom loaded by receive)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from listeners.database import Sessions
 from listeners.completeness import SeriesJobs
 from listeners.enqueue import Enqueuer
 from listeners.handlers import Arrival, record
@@ -43,7 +44,7 @@ class Sweeper(threading.Thread):
     def __init__(
         self,
         spool: Spool,
-        session_factory: sessionmaker[Session],
+        session_factory: Sessions,
         jobs: SeriesJobs,
         enqueuer: Enqueuer,
         metrics: ListenerMetrics,
