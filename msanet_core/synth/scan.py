@@ -33,7 +33,7 @@ VIEWS = ("anterior", "posterior")
 CROP_ROWS = 256
 SHOULDER_MARGIN = 16  # MODEL.md §2.7: crop rows [shoulder − 16, shoulder + 240)
 BACKGROUND_PER_PX = 0.01  # expected counts per pixel outside the body (MODEL.md §5: ≈ 0)
-SOFT_GAIN = 0.17  # soft-tissue activity per cm of tissue; sets bone:soft ≈ 3.4 (MODEL.md §5)
+SOFT_GAIN = 0.038  # soft-tissue activity per cm of tissue; sets bone:soft ≈ 3.4 (MODEL.md §5)
 MASK_FRACTION = 0.4  # MODEL.md §5.9: mask = excess ≥ 40 % of the lesion's peak excess
 VISIBLE_CONTRAST = 0.15  # hotspots below this peak excess : local level are not labelled
 
@@ -96,7 +96,7 @@ def _uptake(body: Body, rng: np.random.Generator, superscan: bool) -> list[Eleme
             "bladder",
             "organ",
             bladder,
-            float(rng.uniform(1.8, 4.5)) * (0.5 if superscan else 1),
+            float(rng.uniform(0.32, 0.8)) * (0.5 if superscan else 1),
             0.3,
         )
     )
@@ -318,16 +318,17 @@ def _regions(
 ) -> dict[str, npt.NDArray[np.bool_]]:
     """Calibration ROIs (MODEL.md §5 validation) in the anterior frame.
 
-    ``thoracic_spine``: a ±4 px column over T2–T11; ``soft_tissue``: trunk pixels at ≥ 60 % of the
-    body thickness where blurred bone/organ activity is < 5 % of the soft tissue; ``bladder``: the
-    bladder's core; ``body``: any tissue.
+    ``thoracic_spine``: a ±4 px column over T9–T11, below the sternum; ``soft_tissue``: trunk
+    pixels at ≥ 60 % of the body thickness where blurred bone/organ activity is < 5 % of the soft
+    tissue; ``bladder``: the bladder's core; ``body``: any tissue.
     """
     rows = np.arange(ROWS, dtype=np.float64)[:, None]
     cols = np.arange(COLS, dtype=np.float64)[None, :]
-    t1, t12 = body.shoulder_row - 2.0, body.row(0.36)
-    step = (t12 - t1) / 12
+    t12 = body.row(0.36)
+    step = (t12 - body.shoulder_row) / 12
+    # Below the xiphoid (row 0.30 H) so that the sternum does not overlap on the ANT view.
     spine = (
-        (rows >= t1 + step)
+        (rows >= body.row(0.30) + 4)
         & (rows < t12 - step)
         & (np.abs(cols - body.col(0.0) - rows * body.tilt) <= 4)
     )

@@ -87,13 +87,13 @@ def _thorax(body: Body) -> list[Element]:
             post, ant = rib_lines(body, k, side)
             out.append(Element(f"rib{k}{'RL'[side > 0]}p", "rib", post, 0.55, 0.85))
             if ant is not None:
-                out.append(Element(f"rib{k}{'RL'[side > 0]}a", "rib", ant, 0.42, 0.2))
+                out.append(Element(f"rib{k}{'RL'[side > 0]}a", "rib", ant, 0.32, 0.2))
     sh = body.shoulder_row
     xiphoid = body.row(0.30)
     sternum = Polyline(((sh + 8, body.col(sh + 8)), (xiphoid, body.col(xiphoid))), 4.5)
-    out.append(Element("sternum", "sternum", sternum, 0.7, 0.08))
+    out.append(Element("sternum", "sternum", sternum, 0.32, 0.08))
     out.append(
-        Element("manubrium", "sternum", Ellipse(sh + 14, body.col(sh + 14), 8, 8), 0.4, 0.08)
+        Element("manubrium", "sternum", Ellipse(sh + 14, body.col(sh + 14), 8, 8), 0.25, 0.08)
     )
     for side in (-1, 1):
         tag = "RL"[side > 0]
@@ -115,7 +115,7 @@ def _thorax(body: Body) -> list[Element]:
             0.2 * body.shoulder_hw,
             side * 0.25,
         )
-        out.append(Element(f"scapula{tag}", "scapula", scap, 0.42, 0.85))
+        out.append(Element(f"scapula{tag}", "scapula", scap, 0.35, 0.85))
         out.append(
             Element(
                 f"glenoid{tag}",
@@ -251,11 +251,21 @@ def _pelvis(body: Body) -> list[Element]:
         wing = Ellipse(
             wy,
             body.col(wy, side * 0.55 * body.hip_hw),
-            0.045 * body.height_px,
-            0.3 * body.hip_hw,
+            0.038 * body.height_px,
+            0.26 * body.hip_hw,
             -side * 0.4,
         )
-        out.append(Element(f"ilium{tag}", "pelvis", wing, 0.55, 0.6))
+        out.append(Element(f"ilium{tag}", "pelvis", wing, 0.4, 0.6))
+        crest_y = wy - 0.03 * body.height_px
+        crest = Polyline(
+            (
+                (crest_y + 10, body.col(crest_y + 10, side * 0.3 * body.hip_hw)),
+                (crest_y, body.col(crest_y, side * 0.55 * body.hip_hw)),
+                (crest_y + 12, body.col(crest_y + 12, side * 0.8 * body.hip_hw)),
+            ),
+            2.5,
+        )
+        out.append(Element(f"iliac_crest{tag}", "pelvis", crest, 0.35, 0.6))
         si_y = body.row(0.475)
         out.append(
             Element(
