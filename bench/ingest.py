@@ -27,8 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import redis  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
 
+from pipeline.db.migrate import upgrade  # noqa: E402
 from tests.integration import dicom_factory as factory  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
@@ -144,11 +147,6 @@ def orthanc(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 
 @contextmanager
 def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
-    import redis
-    from sqlalchemy import create_engine, text
-
-    from pipeline.db.migrate import upgrade
-
     port, data = free_port(), work / "bonescan"
     url = f"sqlite:///{data / 'bonescan.db'}"
     upgrade(url)
@@ -218,7 +216,7 @@ def main() -> None:
                 shutil.rmtree(work, ignore_errors=True)
     print()
     print(
-        f"| associations | bonescan | storescp | Orthanc | ÷ Orthanc (≥ 1.0) | ÷ storescp (≥ 0.5) |"
+        "| associations | bonescan | storescp | Orthanc | ÷ Orthanc (≥ 1.0) | ÷ storescp (≥ 0.5) |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for parallel in (1, args.parallel):

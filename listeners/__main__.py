@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.parse_args(argv)
 
-    from pipeline.logs import configure_logging
-    from pipeline.settings import InvalidSettingsError, get_settings
+    # Imported after argparse so that --help answers at once (PLC0415 on purpose).
+    from pipeline.logs import configure_logging  # noqa: PLC0415
+    from pipeline.settings import InvalidSettingsError, get_settings  # noqa: PLC0415
 
     try:
         settings = get_settings()
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_logging(settings.log_level, settings.log_format)
 
-    from listeners.app import serve
+    from listeners.app import serve  # noqa: PLC0415
 
     try:
         return serve(settings)

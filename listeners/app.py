@@ -14,7 +14,7 @@ import threading
 import time
 from types import FrameType
 
-from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS, get_decoder
 from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -55,8 +55,6 @@ def quiet_pynetdicom() -> None:
 
 def transfer_syntaxes() -> list[str]:
     """Uncompressed syntaxes, then every compressed one an installed pixel decoder handles."""
-    from pydicom.pixels import get_decoder
-
     compressed = sorted(
         uid
         for uid in _PIXEL_DATA_DECODERS
@@ -97,7 +95,7 @@ def build_ae(listener: ListenerSettings) -> AE:
     syntaxes = transfer_syntaxes()
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, syntaxes)
+        ae.add_supported_context(str(context.abstract_syntax), syntaxes)
     return ae
 
 

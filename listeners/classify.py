@@ -98,7 +98,7 @@ def _native_length(dataset: Dataset, rows: int, columns: int, frames: int) -> in
     return length + length % 2  # PS3.5 7.1.1: values are padded to an even length
 
 
-def classify(
+def classify(  # noqa: PLR0911 (one return per rule, in order)
     dataset: Dataset,
     sop_class_uid: str,
     *,

@@ -87,8 +87,10 @@ class SeriesJobs:
     def _open(
         self, session: Session, series_id: int, uids: Sequence[str], detail: str
     ) -> Job | None:
-        instances = [i for i in ingest.series_candidates(session, series_id)]
-        sources = [i for i in instances if i.sop_instance_uid in set(uids)]
+        wanted = set(uids)
+        sources = [
+            i for i in ingest.series_candidates(session, series_id) if i.sop_instance_uid in wanted
+        ]
         series = session.get(Series, series_id)
         if series is None or not sources:
             return None

@@ -13,7 +13,6 @@ from typing import Any
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
@@ -52,7 +51,8 @@ class Enqueuer:
 
     def _app(self) -> Any:
         if self._celery is None:
-            from pipeline.celery_app import make_celery  # celery loads on first use, not at start
+            # Celery loads on first use, not at start-up (time to listening).
+            from pipeline.celery_app import make_celery  # noqa: PLC0415
 
             self._celery = make_celery(self._settings)
         return self._celery

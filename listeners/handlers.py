@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pynetdicom import events
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
 from listeners.receive import Parsed, UnreadableDatasetError, parse, received_instance
 from listeners.spool import Spool, Stored
 from pipeline.db import ingest
-from pipeline.db.models import Instance
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class StoreHandlers:
         self.metrics = metrics
         self.model_version = model_version
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[events.EventHandlerType]:
         """The (event, handler) pairs to bind to the AE."""
         return [
             (events.EVT_C_ECHO, self.handle_echo),
@@ -162,8 +162,8 @@ class StoreHandlers:
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         return status
 
-    def _store(self, event: events.Event) -> int:
-        request = event.request
+    def _store(self, event: events.Event) -> int:  # noqa: PLR0911 (one answer per outcome)
+        request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID)
         calling = event.assoc.requestor.ae_title
         called = event.assoc.acceptor.ae_title
@@ -256,8 +256,6 @@ class StoreHandlers:
 
 def encode_meta(meta: Any) -> bytes:
     """The encoded File Meta Information group (PS3.10 7.1) with its group length."""
-    from pynetdicom.dsutils import encode_file_meta
-
     return bytes(encode_file_meta(meta))
 
 
@@ -276,6 +274,3 @@ def rejection_reason(assoc: Any) -> str:
     if len([a for a in ae.active_associations if a.is_acceptor]) > ae.maximum_associations:
         return "local_limit_exceeded"  # rejected-transient, reason 2
     return "other"
-
-
-__all__ = ["Arrival", "Instance", "StoreHandlers", "record"]

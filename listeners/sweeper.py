@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -17,12 +18,11 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from pydicom.filewriter import write_file_meta_info  # noqa: F401  (pydicom loaded by receive)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from listeners.database import Sessions
 from listeners.completeness import SeriesJobs
+from listeners.database import Sessions
 from listeners.enqueue import Enqueuer
 from listeners.handlers import Arrival, record
 from listeners.metrics import ListenerMetrics
@@ -155,8 +155,6 @@ class Sweeper(threading.Thread):
         except UnreadableDatasetError as error:
             logger.error("spool_orphan_unreadable path=%s error=%s", path, error)
             return
-        import hashlib
-
         stored = Stored(path, len(data), hashlib.sha256(data).hexdigest())
         recorded = record(
             self.session_factory,

@@ -8,7 +8,7 @@ backend hang at exit once Redis was gone.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from pipeline.settings import Settings
 from pipeline.tasks.names import QueueName
@@ -33,7 +33,7 @@ def make_celery(settings: Settings, *, name: str = "bonescan") -> Celery:
         raise ValueError("BONESCAN_BROKER_URL is not set: no broker to build a Celery app on")
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(QueueName.SEGMENT.value), Queue(QueueName.EXPORT.value)],
+        task_queues=[Queue(name.value) for name in QueueName],  # type: ignore[no-untyped-call]
         task_default_queue=QueueName.SEGMENT.value,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -18,4 +18,4 @@ def listen() -> None:
     settings_or_exit()  # a bad variable is one line and exit 1 here, before exec
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "listeners"])
+    os.execv(sys.executable, [sys.executable, "-m", "listeners"])  # noqa: S606 (no shell)

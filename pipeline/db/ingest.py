@@ -13,8 +13,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.db.models import Instance, Job, JobEvent, Series, Study
@@ -211,11 +212,12 @@ def mark_queued(session: Session, job_id: int, detail: str | None = None) -> boo
 
     Conditional, because a fast worker may already have picked the job up.
     """
-    moved = session.execute(
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.RECEIVED)
         .values(state=JobState.QUEUED, updated_at=utcnow())
-    ).rowcount
+    )
+    moved = result.rowcount
     if moved:
         session.add(
             JobEvent(

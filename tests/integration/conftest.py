@@ -123,6 +123,7 @@ class RunningListener:
             text=True,
             timeout=timeout,
             env={**os.environ, "TCP_NODELAY": "1"},
+            check=False,
         )
         if check and result.returncode != 0:
             pytest.fail(
@@ -197,7 +198,7 @@ def start_listener(clean_env: dict[str, str], tmp_path: Path) -> Iterator[StartL
 
 def dataset_bytes(path: Path) -> bytes:
     """The bytes of a DICOM file after its preamble and file meta group (what C-STORE carries)."""
-    from pydicom.filereader import read_preamble, _read_file_meta_info
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
     with path.open("rb") as handle:
         read_preamble(handle, False)

@@ -55,6 +55,7 @@ def test_tls_association_works_with_a_test_certificate(
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert echo.returncode == 0, echo.stdout + echo.stderr
     listener.storescu(factory.save(factory.nm_whole_body(), tmp_path / "s.dcm"), extra=tls)
@@ -66,6 +67,7 @@ def test_tls_association_works_with_a_test_certificate(
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert plain.returncode != 0  # no clear-text DICOM on a TLS port
     assert "tls=True" in listener.log()

@@ -13,7 +13,9 @@ def _classify(ds, sop_class=None, *, drop_pixels=False):  # type: ignore[no-unty
 
 def test_two_frame_whole_body_nm_is_work() -> None:
     result = _classify(factory.nm_whole_body())
-    assert result.is_work and result.number_of_frames == 2 and result.view is None
+    assert result.is_work
+    assert result.number_of_frames == 2
+    assert result.view is None
 
 
 def test_single_views_are_work_with_their_view() -> None:
@@ -27,7 +29,8 @@ def test_secondary_capture_with_modality_nm_is_work() -> None:
 
 def test_ct_is_skipped_for_its_modality() -> None:
     result = _classify(factory.ct_image())
-    assert result.skip == SkipCode.MODALITY and result.reason == "modality CT is not NM"
+    assert result.skip == SkipCode.MODALITY
+    assert result.reason == "modality CT is not NM"
 
 
 def test_nm_spot_view_is_skipped_for_its_image_type() -> None:
