@@ -83,6 +83,7 @@ def test_broker_outage_leaves_job_received_then_it_is_enqueued(
     assert len(listener.instances()) == 1
     [job] = wait_for(listener.jobs, timeout=10, what="the job to be opened")
     assert job.state == JobState.RECEIVED
+    wait_for(lambda: "broker_unreachable" in listener.log(), timeout=10, what="a failed send")
     redis_server = subprocess.Popen(
         [
             "redis-server",
@@ -110,7 +111,6 @@ def test_broker_outage_leaves_job_received_then_it_is_enqueued(
     finally:
         redis_server.terminate()
         redis_server.wait(timeout=10)
-    assert "broker_unreachable" in listener.log()
 
 
 def _series(tmp_path: Path, count: int) -> list[Path]:
