@@ -10,8 +10,6 @@ import logging
 import time
 from typing import Any
 
-from kombu.exceptions import KombuError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from listeners.database import Sessions
@@ -39,6 +37,7 @@ class Enqueuer:
         self._session_factory = session_factory
         self._metrics = metrics
         self._celery: Any = None
+        self._send_errors: tuple[type[BaseException], ...] = (OSError,)
         self._broker_url = settings.broker_url
         self._settings = settings
         self._down_until = 0.0
@@ -51,9 +50,13 @@ class Enqueuer:
 
     def _app(self) -> Any:
         if self._celery is None:
-            # Celery loads on first use, not at start-up (time to listening).
+            # Celery, kombu and redis load on first use, not at start-up (time to listening).
+            from kombu.exceptions import KombuError  # noqa: PLC0415
+            from redis.exceptions import RedisError  # noqa: PLC0415
+
             from pipeline.celery_app import make_celery  # noqa: PLC0415
 
+            self._send_errors = (KombuError, RedisError, OSError)
             self._celery = make_celery(self._settings)
         return self._celery
 
@@ -66,15 +69,16 @@ class Enqueuer:
         """Send the job's task; True once the broker has it and the job is ``queued``."""
         if not self.available:
             return False
+        app = self._app()
         try:
-            self._app().send_task(
+            app.send_task(
                 TaskName.SEGMENT_SERIES.value,
                 kwargs={"job_id": job_id},
                 queue=QueueName.SEGMENT.value,
                 retry=True,
                 retry_policy=RETRY_POLICY,
             )
-        except (KombuError, RedisError, OSError) as error:
+        except self._send_errors as error:
             self._down_until = time.monotonic() + BACKOFF_S
             if not self._down_logged:
                 logger.warning("broker_unreachable job=%d stays=received error=%s", job_id, error)
