@@ -13,6 +13,7 @@ and CIELab colour, AlgorithmIdentification and ContributingEquipment.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from pipeline import __version__
 from pipeline.dicom.views import DEFAULT_ORIENTATION, View, ViewImage
@@ -73,12 +74,16 @@ def plane_orientation(source: Dataset) -> tuple[float, ...]:
     return DEFAULT_ORIENTATION
 
 
+def derived_uid(*parts: str) -> str:
+    """A UID fixed by ``parts``: PS3.5 B.2 UUID-derived form ``2.25.<128-bit integer>``."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
 def seg_uids(source_uids: Sequence[str], model_version: str, generation: int) -> tuple[str, str]:
     """Deterministic (series, SOP instance) UIDs of the SEG: a rerun makes the same objects."""
     entropy = [*sorted(source_uids), model_version, str(generation)]
-    series = generate_uid(prefix=None, entropy_srcs=[*entropy, "seg-series"])
-    instance = generate_uid(prefix=None, entropy_srcs=[*entropy, "seg-instance"])
-    return series, instance
+    return derived_uid(*entropy, "seg-series"), derived_uid(*entropy, "seg-instance")
 
 
 def _code_item(code: hd.sr.CodedConcept) -> Dataset:
@@ -139,7 +144,7 @@ def _frame_item(view_mask: ViewMask, stack_position: int) -> Dataset:
 
 
 def _dimensions(dataset: Dataset) -> None:
-    organisation_uid = generate_uid(prefix=None, entropy_srcs=[dataset.SOPInstanceUID, "dim"])
+    organisation_uid = derived_uid(str(dataset.SOPInstanceUID), "dimension-organisation")
     organisation = Dataset()
     organisation.DimensionOrganizationUID = organisation_uid
     dataset.DimensionOrganizationSequence = [organisation]

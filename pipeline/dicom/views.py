@@ -14,6 +14,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 DEFAULT_PIXEL_SPACING_MM = (2.26, 2.26)  # MODEL.md §1: Siemens E.CAM whole-body matrix
@@ -117,7 +118,9 @@ def _frames(dataset: Dataset) -> npt.NDArray[np.uint16]:
 
 def _detector_views(dataset: Dataset, count: int) -> list[View | None]:
     detectors = list(dataset.get("DetectorInformationSequence") or [])
-    vector = [int(v) for v in (dataset.get("DetectorVector") or [])]
+    raw = dataset.get("DetectorVector")
+    values = [] if raw is None else (raw if isinstance(raw, MultiValue | list) else [raw])
+    vector = [int(v) for v in values]  # pydicom gives a bare int when VM is 1
     if not vector and count == 1 and len(detectors) == 1:
         vector = [1]
     views: list[View | None] = []
