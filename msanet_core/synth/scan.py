@@ -158,7 +158,9 @@ def generate_patient(seed: int, index: int) -> SyntheticPatient:
     sigma_near, sigma_far = float(rng.uniform(1.3, 1.7)), float(rng.uniform(1.8, 2.3))  # §5.5
     motion = int(rng.choice([1, 2, 3], p=[0.85, 0.1, 0.05]))
     soft_level = float(rng.uniform(0.2, 0.35)) / 0.29 * (0.6 if superscan else 1.0)
-    total = float(np.clip(rng.lognormal(math.log(2.0e6), 0.3), 0.8e6, 4.0e6))  # §5.6
+    # §5.6: counts per view ~ LogNormal centred at 2 M (0.8–4 M); 2.15 M for the mean of both
+    # views puts the anterior median at ≈ 2 M (POST collects ~15 % more here).
+    total = float(np.clip(rng.lognormal(math.log(2.15e6), 0.3), 0.8e6, 4.0e6))
     sigmas = (sigma_near, sigma_far)
 
     layers = np.zeros((2, 2, ROWS, COLS), dtype=np.float32)  # [view][near, far]
@@ -175,7 +177,7 @@ def generate_patient(seed: int, index: int) -> SyntheticPatient:
         + _blur(soft, 0.5 * (sigma_near + sigma_far), motion)
         for v in range(2)
     ]
-    scale = 2.0 * total / float(expected[0].sum() + expected[1].sum())
+    scale = 2.0 * total / float(expected[0].sum() + expected[1].sum())  # mean of the two views
     # MODEL.md §5.6: outside the body ≈ 0; a trace of room background / scatter
     counts = [
         np.minimum(rng.poisson(e * scale + BACKGROUND_PER_PX), 65535).astype(np.uint16)
