@@ -61,7 +61,7 @@ def plain(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, Path):
+    if isinstance(value, Path | str):  # also str subclasses such as torch.__version__
         return str(value)
     return value
 

@@ -20,12 +20,29 @@ def test_paper_preset_is_model_md_defaults() -> None:
 
 def test_every_table_row_is_an_ablation() -> None:
     expected = {
-        "t6-rms", "t6-gan", "t6-pyramid", "t6-deepspv", "t6-msfe", "t6-cdc", "t6-full",
-        "t7-bce", "t7-dice+bce",
-        "t8-case1", "t8-case2", "t8-case4", "t8-case5",
-        "t9-case2", "t9-case3", "t9-case4",
-        "t10-0.1-0.9", "t10-0.3-0.7", "t10-0.7-0.3", "t10-0.9-0.1",
-        "t11-concat", "t11-sum", "t11-mask",
+        "t6-rms",
+        "t6-gan",
+        "t6-pyramid",
+        "t6-deepspv",
+        "t6-msfe",
+        "t6-cdc",
+        "t6-full",
+        "t7-bce",
+        "t7-dice+bce",
+        "t8-case1",
+        "t8-case2",
+        "t8-case4",
+        "t8-case5",
+        "t9-case2",
+        "t9-case3",
+        "t9-case4",
+        "t10-0.1-0.9",
+        "t10-0.3-0.7",
+        "t10-0.7-0.3",
+        "t10-0.9-0.1",
+        "t11-concat",
+        "t11-sum",
+        "t11-mask",
     }
     assert set(ABLATIONS) == expected
 

@@ -68,15 +68,18 @@ def test_paper_parameter_counts_against_the_papers_57m() -> None:
     config = ModelConfig.preset("paper")
     g = count_parameters(build_generator(config))
     d = count_parameters(build_critic(config))
-    print(f"\npaper preset: G {g / 1e6:.2f} M, D {d / 1e6:.2f} M, G + D {(g + d) / 1e6:.2f} M "
-          f"(paper: 57 M; G + D is {100 * (g + d - PAPER_PARAMS) / PAPER_PARAMS:+.1f} %)")
+    print(
+        f"\npaper preset: G {g / 1e6:.2f} M, D {d / 1e6:.2f} M, G + D {(g + d) / 1e6:.2f} M "
+        f"(paper: 57 M; G + D is {100 * (g + d - PAPER_PARAMS) / PAPER_PARAMS:+.1f} %)"
+    )
     assert g == 46_562_316  # MODEL.md §2.1: 46.56 M
     assert d == 9_386_816  # MODEL.md §2.6: 9.39 M at 1 channel
     assert abs(g + d - PAPER_PARAMS) / PAPER_PARAMS < 0.03
 
 
-@pytest.mark.parametrize("mode,channels", [("image_x_mask", 1), ("concat", 2), ("sum", 1),
-                                           ("mask", 1)])
+@pytest.mark.parametrize(
+    "mode,channels", [("image_x_mask", 1), ("concat", 2), ("sum", 1), ("mask", 1)]
+)
 def test_critic_feature_vector_is_input_plus_six_layers(mode: str, channels: int) -> None:
     config = ModelConfig.preset("tiny").replace(critic_input=mode)
     critic = build_critic(config)

@@ -1,0 +1,136 @@
+"""Training: one step per ablation row, exact resume, overfitting a handful of crops, data errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msanet_core import ABLATIONS, ModelConfig, Segmenter
+from msanet_core.dataset import Sample, save_sample
+from msanet_core.metrics import pixel_metrics
+from msanet_core.training import TrainCallback, _build, train, train_step
+from msanet_core.training_data import TrainingDataError, augment_batch
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads that spin-wait against
+    other processes run several times slower than one; results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def disc_crops(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Bright discs (radius 5–12 px) on Poisson background: raw uint16 counts and masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    out = []
+    for _ in range(n):
+        image = rng.poisson(20, (256, 256)).astype(np.float64)
+        mask = np.zeros((256, 256), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = rng.integers(30, 226, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(5, 13)) ** 2
+            mask[disc] = 1
+            image[disc] += rng.poisson(60, int(disc.sum()))
+        out.append((image.astype(np.uint16), mask))
+    return out
+
+
+def write_split(root: Path, split: str, n: int, seed: int) -> None:
+    for i, (image, mask) in enumerate(disc_crops(n, seed)):
+        save_sample(Sample(image, mask, f"{split}{i:03d}", "anterior"), root / split)
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+def test_every_ablation_row_builds_and_runs_one_training_step(ablation: str) -> None:
+    config = ModelConfig.preset("tiny", ablation=ablation)
+    state = _build(config, 1e-3, (0.5, 0.999), torch.device("cpu"), seed=0)
+    x = torch.rand(2, 1, 128, 128)
+    y = (torch.rand(2, 1, 128, 128) > 0.9).float()
+    before = [p.detach().clone() for p in state.generator.parameters()]
+    losses = train_step(state, config, x, y, torch.device("cpu"))
+    assert all(np.isfinite(v) for v in losses.values())
+    assert ("loss_d" in losses) == config.adversarial
+    changed = any(
+        not torch.equal(a, b) for a, b in zip(before, state.generator.parameters(), strict=True)
+    )
+    assert changed
+
+
+def _history(out: Path) -> list[dict[str, float]]:
+    import json
+
+    epochs = json.loads((out / "log.json").read_text())["epochs"]
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_split(data, "train", 4, seed=1)
+    write_split(data, "val", 2, seed=2)
+    config = ModelConfig.preset("tiny")
+    kwargs = {"batch_size": 2, "lr": 1e-3, "seed": 7, "device": "cpu"}
+    train(config, data, tmp_path / "full", epochs=4, **kwargs)
+    train(config, data, tmp_path / "part", epochs=2, **kwargs)
+    train(None, data, tmp_path / "part", epochs=4, resume=tmp_path / "part" / "last.pt")
+    full, part = _history(tmp_path / "full"), _history(tmp_path / "part")
+    assert len(full) == len(part) == 4
+    assert full == part
+    assert (tmp_path / "part" / "log.csv").read_text().count("\n") == 5
+
+
+def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_split(data, "train", 4, seed=3)
+    crops = disc_crops(4, seed=3)
+    seen: list[int] = []
+
+    class Count(TrainCallback):
+        def on_epoch_end(self, record: dict[str, float], history: list[dict[str, float]]) -> None:
+            seen.append(int(record["epoch"]))
+
+    result = train(
+        ModelConfig.preset("tiny"),
+        data,
+        tmp_path / "out",
+        epochs=40,
+        batch_size=4,
+        lr=1e-2,
+        seed=0,
+        device="cpu",
+        augment=False,
+        callback=Count(),
+    )
+    assert seen == list(range(1, 41))
+    segmenter = Segmenter.load(result.last_checkpoint, device="cpu")
+    masks = segmenter.predict_masks(np.stack([c[0] for c in crops]))
+    dsc = pixel_metrics(masks, np.stack([c[1] for c in crops]))["dsc"]
+    curve = [round(r["loss_seg"], 3) for r in result.history]
+    assert dsc > 0.9, f"pooled DSC {dsc:.3f} after 40 epochs; L_seg per epoch {curve}"
+
+
+def test_missing_data_dir_and_empty_split_are_reported(tmp_path: Path) -> None:
+    config = ModelConfig.preset("tiny")
+    with pytest.raises(TrainingDataError, match="not found"):
+        train(config, tmp_path / "nope", tmp_path / "out", epochs=1, device="cpu")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(TrainingDataError, match="no samples"):
+        train(config, tmp_path / "empty", tmp_path / "out", epochs=1, device="cpu")
+
+
+def test_augmentation_keeps_masks_binary_and_is_seeded() -> None:
+    image, mask = disc_crops(1, seed=5)[0]
+    images = np.stack([image / image.max()] * 3).astype(np.float32)
+    masks = np.stack([mask] * 3)
+    a = augment_batch(images, masks, np.random.default_rng(0))
+    b = augment_batch(images, masks, np.random.default_rng(0))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert set(np.unique(a[1])) <= {0.0, 1.0}
+    assert abs(int(a[1].sum()) - 3 * int(mask.sum())) < 0.2 * 3 * mask.sum()
