@@ -15,7 +15,7 @@ def test_paper_preset_is_model_md_defaults() -> None:
     assert c.rfb_dilations == (1, 3, 5)
     assert (c.alpha, c.beta, c.output_weights) == (1.0, 1.0, (1.0, 1.0, 1.0, 1.0))
     assert (c.seg_loss, c.critic_input, c.weight_clip) == ("dice", "image_x_mask", 0.05)
-    assert c.use_cdc and c.use_msfe and c.use_pyramid and c.deep_supervision and c.adversarial
+    assert all((c.use_cdc, c.use_msfe, c.use_pyramid, c.deep_supervision, c.adversarial))
 
 
 def test_every_table_row_is_an_ablation() -> None:
@@ -49,7 +49,7 @@ def test_every_table_row_is_an_ablation() -> None:
 
 def test_table6_baseline_switches_everything_off() -> None:
     c = ModelConfig.preset("paper", ablation="t6-rms")
-    assert not (c.use_cdc or c.use_msfe or c.use_pyramid or c.deep_supervision or c.adversarial)
+    assert not any((c.use_cdc, c.use_msfe, c.use_pyramid, c.deep_supervision, c.adversarial))
     assert c.use_rms
     assert c.ablation == "t6-rms"
 

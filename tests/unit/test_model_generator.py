@@ -78,7 +78,7 @@ def test_paper_parameter_counts_against_the_papers_57m() -> None:
 
 
 @pytest.mark.parametrize(
-    "mode,channels", [("image_x_mask", 1), ("concat", 2), ("sum", 1), ("mask", 1)]
+    ("mode", "channels"), [("image_x_mask", 1), ("concat", 2), ("sum", 1), ("mask", 1)]
 )
 def test_critic_feature_vector_is_input_plus_six_layers(mode: str, channels: int) -> None:
     config = ModelConfig.preset("tiny").replace(critic_input=mode)

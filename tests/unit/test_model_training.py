@@ -1,4 +1,4 @@
-"""Training: one step per ablation row, exact resume, overfitting a handful of crops, data errors."""
+"""Training: a step per ablation row, exact resume, overfitting a handful of crops, data errors."""
 
 from __future__ import annotations
 
