@@ -14,28 +14,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
-from msanet_core.synth.body import (
-    COLS,
-    PIXEL_MM,
-    ROWS,
-    Body,
-    sample_body,
-    thickness_at,
-    thickness_map,
-)
+from msanet_core.synth.body import COLS, PIXEL_MM, ROWS, Body, sample_body, thickness_map
 from msanet_core.synth.hotspots import Hotspot, sample_benign, sample_metastases
-from msanet_core.synth.raster import Ellipse, FloatArray, Shape, patch_coverage, window
+from msanet_core.synth.labels import ViewLabels, calibration_regions, label_view
+from msanet_core.synth.optics import Acquisition, add_source, count, project, soft_tissue
+from msanet_core.synth.raster import Ellipse
 from msanet_core.synth.skeleton import THORAX_SITES, Element, build_skeleton
 
 VIEWS = ("anterior", "posterior")
 CROP_ROWS = 256
 SHOULDER_MARGIN = 16  # MODEL.md §2.7: crop rows [shoulder − 16, shoulder + 240)
-BACKGROUND_PER_PX = 0.01  # expected counts per pixel outside the body (MODEL.md §5: ≈ 0)
-SOFT_GAIN = 0.038  # soft-tissue activity per cm of tissue; sets bone:soft ≈ 3.4 (MODEL.md §5)
-MASK_FRACTION = 0.4  # MODEL.md §5.9: mask = excess ≥ 40 % of the lesion's peak excess
-VISIBLE_CONTRAST = 0.15  # hotspots below this peak excess : local level are not labelled
+_NON_BONE = ("organ", "injection", "contamination")
 
 
 @dataclass(frozen=True)
@@ -132,216 +122,149 @@ def _keep(a: npt.NDArray[_A]) -> npt.NDArray[_A]:
     return a
 
 
-def _weights(depth: float, thickness: float, mu: float) -> tuple[float, float]:
-    """ANT and POST attenuation of a source at ``depth``, 1 at mid-depth (MODEL.md §5.4)."""
-    return (math.exp(-mu * (depth - 0.5) * thickness), math.exp(-mu * (0.5 - depth) * thickness))
+@dataclass(frozen=True)
+class _Phantom:
+    """Everything sampled about the patient's anatomy and uptake."""
+
+    body: Body
+    superscan: bool
+    skeleton: list[Element]
+    bone_gain: float
+    metastases: list[Hotspot]
+    benign: list[Hotspot]
+    organs: list[Element]
 
 
-def _blur(image: FloatArray, sigma: float, motion: int) -> FloatArray:
-    out: FloatArray = ndimage.gaussian_filter(image, sigma, mode="constant", truncate=3.0)
-    if motion > 1:  # MODEL.md §5.5: occasional motion blur along the scan axis
-        out = ndimage.uniform_filter1d(out, motion, axis=0, mode="constant")
-    return out
-
-
-def generate_patient(seed: int, index: int) -> SyntheticPatient:
-    """Draw and render patient ``index`` of ``seed``; deterministic for a given pair."""
-    rng = np.random.default_rng([seed, index])
+def _sample_phantom(rng: np.random.Generator) -> _Phantom:
     body = sample_body(rng)
-    superscan = bool(rng.random() < 0.02)
+    superscan = bool(rng.random() < 0.02)  # §5.7: rare superscan
     skeleton = build_skeleton(body, rng)
     bone_gain = float(rng.uniform(0.8, 1.2)) * (1.8 if superscan else 1.0)  # §5.3: ±20 %
     mets = sample_metastases(skeleton, rng)
     benign = sample_benign(body, skeleton, rng)
     organs = _uptake(body, rng, superscan)
-    mu = float(rng.uniform(0.11, 0.15))  # §5.4: μ ≈ 0.15 cm⁻¹ narrow-beam; lower with scatter
-    sigma_near, sigma_far = float(rng.uniform(1.3, 1.7)), float(rng.uniform(1.8, 2.3))  # §5.5
-    motion = int(rng.choice([1, 2, 3], p=[0.85, 0.1, 0.05]))
-    soft_level = float(rng.uniform(0.2, 0.35)) / 0.29 * (0.6 if superscan else 1.0)
-    # §5.6: counts per view ~ LogNormal centred at 2 M (0.8–4 M); 2.15 M for the mean of both
-    # views puts the anterior median at ≈ 2 M (POST collects ~15 % more here).
-    total = float(np.clip(rng.lognormal(math.log(2.15e6), 0.3), 0.8e6, 4.0e6))
-    sigmas = (sigma_near, sigma_far)
+    return _Phantom(body, superscan, skeleton, bone_gain, mets, benign, organs)
 
-    layers = np.zeros((2, 2, ROWS, COLS), dtype=np.float32)  # [view][near, far]
-    for el in skeleton + organs:
-        gain = bone_gain if el.site not in ("organ", "injection", "contamination") else 1.0
-        _add(layers, el.shape, el.activity * gain, el.depth, body=body, mu=mu)
-    for spot in mets + benign:
-        _add(layers, spot.shape, spot.excess * bone_gain, spot.depth, body=body, mu=mu)
-    thick = thickness_map(body)
-    soft = SOFT_GAIN * soft_level * (1.0 - np.exp(-mu * thick)) / mu
-    expected = [
-        _blur(layers[v, 0], sigmas[0], motion)
-        + _blur(layers[v, 1], sigmas[1], motion)
-        + _blur(soft, 0.5 * (sigma_near + sigma_far), motion)
-        for v in range(2)
-    ]
-    scale = 2.0 * total / float(expected[0].sum() + expected[1].sum())  # mean of the two views
-    # MODEL.md §5.6: outside the body ≈ 0; a trace of room background / scatter
-    counts = [
-        np.minimum(rng.poisson(e * scale + BACKGROUND_PER_PX), 65535).astype(np.uint16)
-        for e in expected
-    ]
 
-    rois = _regions(body, organs, thick, sum(layers[0]) + sum(layers[1]), soft)
+def _layers(ph: _Phantom, acq: Acquisition) -> npt.NDArray[np.float32]:
+    """Bone, organ and hotspot sources in ``[view][near, far]`` layers (optics module)."""
+    layers = np.zeros((2, 2, ROWS, COLS), dtype=np.float32)
+    mu = acq.mu_per_cm
+    for el in ph.skeleton + ph.organs:
+        gain = 1.0 if el.site in _NON_BONE else ph.bone_gain
+        add_source(layers, el.shape, el.activity * gain, el.depth, body=ph.body, mu=mu)
+    for spot in ph.metastases + ph.benign:
+        add_source(layers, spot.shape, spot.excess * ph.bone_gain, spot.depth, body=ph.body, mu=mu)
+    return layers
+
+
+def generate_patient(seed: int, index: int) -> SyntheticPatient:
+    """Draw and render synthetic patient ``index`` of ``seed``.
+
+    Parameters
+    ----------
+    seed, index
+        The patient is drawn from ``numpy.random.default_rng([seed, index])``: the same pair gives
+        the same patient, whatever else is generated.
+
+    Returns
+    -------
+    SyntheticPatient
+        Both views as ``(1024, 256)`` arrays (row 0 = head; posterior mirrored as acquired),
+        label masks, the true shoulder row / thorax window, and every sampled parameter.
+    """
+    rng = np.random.default_rng([seed, index])
+    ph = _sample_phantom(rng)
+    acq = Acquisition.sample(rng, ph.superscan)
+    layers = _layers(ph, acq)
+    thick = thickness_map(ph.body)
+    soft = soft_tissue(thick, acq)
+    expected = [project(layers[v], soft, acq) for v in range(2)]
+    counts = count(expected, acq, rng)
+    rois = calibration_regions(ph.body, ph.organs, thick, layers.sum(axis=(0, 1)), soft)
+    spots = ph.metastases + ph.benign
     labels = [
-        _labels(
-            mets,
-            benign,
-            expected[v],
-            v,
-            body=body,
-            mu=mu,
-            sigmas=sigmas,
-            motion=motion,
-            inside=rois["body"],
-        )
+        label_view(spots, expected[v], v, body=ph.body, acq=acq, inside=rois["body"])
         for v in range(2)
     ]
-    shoulder = round(body.shoulder_row)
+    shoulder = round(ph.body.shoulder_row)
     top = int(np.clip(shoulder - SHOULDER_MARGIN, 0, ROWS - CROP_ROWS))
-    views = []
-    for v, name in enumerate(VIEWS):
-        lesion, benign_mask, inst, visible = labels[v]
-        mirror = _mirror if v == 1 else _keep  # §5.4: POST stored as acquired, mirrored
-        thorax = tuple(i for i in visible if mets[i].site in THORAX_SITES)
-        view = SyntheticView(
-            view=name,
-            counts=mirror(counts[v]),
-            lesion_mask=mirror(lesion),
-            benign_mask=mirror(benign_mask),
-            instances=mirror(inst),
-            shoulder_row=shoulder,
-            thorax_top=top,
-            thorax_lesions=thorax,
-            regions={k: mirror(r) for k, r in rois.items()},
-        )
-        views.append(view)
-    params = {
-        "seed": seed,
-        "index": index,
-        "superscan": superscan,
-        "negative": not mets,
-        "body": body.as_dict(),
-        "bone_gain": bone_gain,
-        "mu_per_cm": mu,
-        "psf_sigma_px": {"near": sigma_near, "far": sigma_far},
-        "motion_blur_rows": motion,
-        "soft_tissue_level": soft_level,
-        "total_counts_target": total,
-        "pixel_spacing_mm": PIXEL_MM,
-        "shoulder_row": shoulder,
-        "thorax_top": top,
-        "organs": [
-            {
-                "name": e.name,
-                "activity": e.activity,
-                "center_row": e.shape.cy,
-                "center_col": e.shape.cx,
-                "radius_rows": e.shape.ry,
-                "radius_cols": e.shape.rx,
-            }
-            for e in organs
-            if isinstance(e.shape, Ellipse)
-        ],
-        "metastases": [
-            dict(h.as_dict(), id=i + 1, visible=[i in labels[0][3], i in labels[1][3]])
-            for i, h in enumerate(mets)
-        ],
-        "benign": [h.as_dict() for h in benign],
-        "element_activity": {e.name: e.activity for e in skeleton},
-    }
+    views = [
+        _view(name, counts[v], labels[v], rois, ph, shoulder=shoulder, top=top)
+        for v, name in enumerate(VIEWS)
+    ]
+    params = _params(ph, acq, labels, seed=seed, index=index, shoulder=shoulder, top=top)
     return SyntheticPatient(patient_id_for(seed, index), seed, index, views[0], views[1], params)
 
 
-def _add(
-    layers: FloatArray, shape: Shape, value: float, depth: float, *, body: Body, mu: float
-) -> None:
-    """Draw one source into the near/far layers of both views with its attenuation weights."""
-    win = window(shape, (ROWS, COLS))
-    if win is None or value == 0.0:
-        return
-    cov = patch_coverage(shape, *win)
-    frac = (0.5 * (win[0].start + win[0].stop) - body.top_row) / body.height_px
-    w_ant, w_post = _weights(depth, thickness_at(body, frac), mu)
-    layers[0, 0 if depth < 0.5 else 1][win] += np.float32(value * w_ant) * cov
-    layers[1, 0 if depth >= 0.5 else 1][win] += np.float32(value * w_post) * cov
-
-
-def _labels(
-    mets: list[Hotspot],
-    benign: list[Hotspot],
-    expected: FloatArray,
-    view: int,
+def _view(
+    name: str,
+    counts: npt.NDArray[np.uint16],
+    labels: ViewLabels,
+    rois: dict[str, npt.NDArray[np.bool_]],
+    ph: _Phantom,
     *,
-    body: Body,
-    mu: float,
-    sigmas: tuple[float, float],
-    motion: int,
-    inside: npt.NDArray[np.bool_],
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint16], list[int]]:
-    """Masks from each hotspot's own blurred excess ≥ 40 % of its peak (MODEL.md §5.9)."""
-    best = np.zeros((ROWS, COLS), dtype=np.float32)
-    inst = np.zeros((ROWS, COLS), dtype=np.uint16)
-    benign_mask = np.zeros((ROWS, COLS), dtype=np.uint8)
-    visible: list[int] = []
-    for i, spot in enumerate(mets + benign):
-        near = (spot.depth < 0.5) == (view == 0)
-        sigma = sigmas[0 if near else 1]
-        win = window(spot.shape, (ROWS, COLS), pad=3.0 * sigma + motion)
-        if win is None:
-            continue
-        frac = (spot.shape.cy - body.top_row) / body.height_px
-        w = _weights(spot.depth, thickness_at(body, frac), mu)[view]
-        excess = _blur(
-            patch_coverage(spot.shape, *win) * np.float32(spot.excess * w), sigma, motion
-        )
-        peak = float(excess.max())
-        if peak <= 0 or peak < VISIBLE_CONTRAST * float(expected[win].max() - peak):
-            continue
-        region = (excess >= MASK_FRACTION * peak) & inside[win]
-        if not region.any():
-            continue
-        if spot.is_lesion:
-            visible.append(i)
-            better = region & (excess > best[win])
-            best[win] = np.where(better, excess, best[win])
-            inst[win] = np.where(better, i + 1, inst[win])
-        else:
-            benign_mask[win] |= region.astype(np.uint8)
-    present = set(np.unique(inst).tolist())
-    visible = [i for i in visible if i + 1 in present]  # fully covered by a brighter neighbour
-    return (inst > 0).astype(np.uint8), benign_mask, inst, visible
-
-
-def _regions(
-    body: Body, organs: list[Element], thick: FloatArray, hot: FloatArray, soft: FloatArray
-) -> dict[str, npt.NDArray[np.bool_]]:
-    """Calibration ROIs (MODEL.md §5 validation) in the anterior frame.
-
-    ``thoracic_spine``: a ±4 px column over T9–T11, below the sternum; ``soft_tissue``: trunk
-    pixels at ≥ 60 % of the body thickness where blurred bone/organ activity is < 5 % of the soft
-    tissue; ``bladder``: the bladder's core; ``body``: any tissue.
-    """
-    rows = np.arange(ROWS, dtype=np.float64)[:, None]
-    cols = np.arange(COLS, dtype=np.float64)[None, :]
-    t12 = body.row(0.36)
-    step = (t12 - body.shoulder_row) / 12
-    # Below the xiphoid (row 0.30 H) so that the sternum does not overlap on the ANT view.
-    spine = (
-        (rows >= body.row(0.30) + 4)
-        & (rows < t12 - step)
-        & (np.abs(cols - body.col(0.0) - rows * body.tilt) <= 4)
+    shoulder: int,
+    top: int,
+) -> SyntheticView:
+    mirror = _mirror if name == "posterior" else _keep  # §5.4: POST stored as acquired
+    return SyntheticView(
+        view=name,
+        counts=mirror(counts),
+        lesion_mask=mirror(labels.lesion),
+        benign_mask=mirror(labels.benign),
+        instances=mirror(labels.instances),
+        shoulder_row=shoulder,
+        thorax_top=top,
+        thorax_lesions=tuple(i for i in labels.visible if ph.metastases[i].site in THORAX_SITES),
+        regions={k: mirror(r) for k, r in rois.items()},
     )
-    near_bone = ndimage.gaussian_filter(hot, 3.0) > 0.05 * soft
-    trunk = (rows >= body.row(0.22)) & (rows < body.row(0.5))
-    soft_roi = trunk & (thick >= 0.6 * body.thickness_cm) & ~near_bone
-    bladder = np.zeros((ROWS, COLS), dtype=bool)
-    for el in organs:
-        if el.name == "bladder" and isinstance(el.shape, Ellipse):
-            core = Ellipse(el.shape.cy, el.shape.cx, 0.7 * el.shape.ry, 0.7 * el.shape.rx)
-            win = window(core, (ROWS, COLS))
-            if win is not None:
-                bladder[win] = patch_coverage(core, *win) > 0.5
-    return {"body": thick > 0, "thoracic_spine": spine, "soft_tissue": soft_roi, "bladder": bladder}
+
+
+def _params(
+    ph: _Phantom,
+    acq: Acquisition,
+    labels: list[ViewLabels],
+    *,
+    seed: int,
+    index: int,
+    shoulder: int,
+    top: int,
+) -> dict[str, Any]:
+    """Every sampled parameter, JSON-ready (MODEL.md §5.10)."""
+    organs = [
+        {
+            "name": e.name,
+            "activity": e.activity,
+            "center_row": e.shape.cy,
+            "center_col": e.shape.cx,
+            "radius_rows": e.shape.ry,
+            "radius_cols": e.shape.rx,
+        }
+        for e in ph.organs
+        if isinstance(e.shape, Ellipse)
+    ]
+    mets = [
+        dict(h.as_dict(), id=i + 1, visible=[i in labels[0].visible, i in labels[1].visible])
+        for i, h in enumerate(ph.metastases)
+    ]
+    return {
+        "seed": seed,
+        "index": index,
+        "superscan": ph.superscan,
+        "negative": not ph.metastases,
+        "body": ph.body.as_dict(),
+        "bone_gain": ph.bone_gain,
+        "mu_per_cm": acq.mu_per_cm,
+        "psf_sigma_px": {"near": acq.sigma_near_px, "far": acq.sigma_far_px},
+        "motion_blur_rows": acq.motion_rows,
+        "soft_tissue_level": acq.soft_level,
+        "total_counts_target": acq.total_counts,
+        "pixel_spacing_mm": PIXEL_MM,
+        "shoulder_row": shoulder,
+        "thorax_top": top,
+        "organs": organs,
+        "metastases": mets,
+        "benign": [h.as_dict() for h in ph.benign],
+        "element_activity": {e.name: e.activity for e in ph.skeleton},
+    }
