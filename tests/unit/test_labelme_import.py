@@ -33,6 +33,10 @@ def workspace(tmp_path: Path) -> Path:
         build_whole_body(second.anterior.counts, second.posterior.counts, who)[0],
         tmp_path / "p002.dcm",
     )
+    third = generate_patient(4, 2)
+    who = ScanIdentity.synthetic(4, 2, "P003")
+    pair = build_whole_body(third.anterior.counts, third.posterior.counts, who, single_frame=True)
+    save(pair[0], tmp_path / "p003" / "view1.dcm")
     return tmp_path
 
 
@@ -47,11 +51,17 @@ def test_import_writes_one_sample_per_annotated_view_split_by_patient(workspace:
     )
     assert result.exit_code == 0, result.output
     samples = _samples(out)
-    assert sorted(samples) == ["P002_anterior", "P002_posterior", "p001_anterior", "p001_posterior"]
+    assert sorted(samples) == [
+        "P002_anterior",
+        "P002_posterior",
+        "P003_anterior",
+        "p001_anterior",
+        "p001_posterior",
+    ]
     assert samples["p001_anterior"][0] == samples["p001_posterior"][0]
     assert samples["P002_anterior"][0] == samples["P002_posterior"][0]
-    assert samples["p001_anterior"][0] != samples["P002_anterior"][0]
-    assert "imported 4 views of 2 patients" in result.stdout
+    assert {split for split, _ in samples.values()} == {"train", "val"}
+    assert "imported 5 views of 3 patients" in result.stdout
     assert "nowhere_ant.png" in result.stderr  # the missing image is skipped, named
 
 
@@ -130,3 +140,12 @@ def test_folder_without_usable_annotations_fails(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "import-labelme", str(tmp_path)])
     assert result.exit_code == 1
     assert "no annotation could be imported" in result.stderr
+
+
+def test_single_frame_dicom_view_comes_from_its_view_code(workspace: Path) -> None:
+    out = workspace / "out"
+    runner.invoke(app, ["data", "import-labelme", str(workspace), "--out", str(out)])
+    sample = load_sample(_samples(out)["P003_anterior"][1])
+    assert sample.mask.sum() == 7 * 5
+    truth = generate_patient(4, 2).anterior.counts
+    np.testing.assert_array_equal(sample.image, truth[sample.crop_top : sample.crop_top + 256])
