@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from msanet_core.crop import NoBodyFoundError, ThoraxCrop, crop_thorax
+from msanet_core.crop import CROP_SIZE, SHOULDER_MARGIN, NoBodyFoundError, ThoraxCrop, crop_thorax
 from msanet_core.dataset import Sample, save_sample
 from msanet_core.synth import SyntheticPatient, generate_patient, patient_id_for
 from msanet_core.synth.split import assign_splits
@@ -62,8 +62,12 @@ def _crop(counts: npt.NDArray[np.uint16], truth: int, head_first: bool) -> Thora
         return crop_thorax(counts, head_first=head_first)
     except NoBodyFoundError:  # never seen on the phantom; keep the cohort whole
         logger.warning("crop_fallback_to_true_window")
-        top = truth if head_first else counts.shape[0] - truth - 256
-        return ThoraxCrop(top=top, shoulder_row=truth + 16, head_first=head_first)
+        rows, shoulder = counts.shape[0], truth + SHOULDER_MARGIN
+        if head_first:
+            return ThoraxCrop(top=truth, shoulder_row=shoulder, head_first=True)
+        return ThoraxCrop(
+            top=rows - truth - CROP_SIZE, shoulder_row=rows - 1 - shoulder, head_first=False
+        )
 
 
 def write_patient(patient: SyntheticPatient, out: Path, split: str, options: SynthOptions) -> int:
