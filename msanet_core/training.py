@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,17 +57,25 @@ LOG_FIELDS = (
 )
 
 
-class TrainCallback:
-    """Progress hooks for :func:`train`; subclass and override what you need (all no-ops)."""
+class TrainCallback(Protocol):
+    """Progress hooks for :func:`train`: subclass and override what you need (defaults: no-ops),
+    or pass any object with these three methods."""
 
     def on_start(self, start_epoch: int, epochs: int, steps_per_epoch: int) -> None:
         """Called once before the first epoch that runs (``start_epoch`` is 1-based)."""
+        return None
 
     def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
         """Called after every batch (``step`` is 1-based within the epoch)."""
+        return None
 
     def on_epoch_end(self, record: dict[str, float], history: list[dict[str, float]]) -> None:
         """Called after validation and checkpointing of every epoch."""
+        return None
+
+
+class _Silent(TrainCallback):
+    pass
 
 
 @dataclass(frozen=True)
@@ -271,7 +279,7 @@ def train(
     """
     dev = resolve_device(device)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    cb = callback or TrainCallback()
+    cb = callback or _Silent()
     if resume is not None:
         config, opts, state, start = _resume(Path(resume), dev)
     else:

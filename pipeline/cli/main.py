@@ -6,6 +6,7 @@ import typer
 
 from pipeline import __version__
 from pipeline.cli import check, data, db, listen
+from pipeline.cli.train import train_command
 from pipeline.logs import configure_logging
 from pipeline.settings import InvalidSettingsError, get_settings
 
@@ -40,6 +41,7 @@ app.command(name="check")(check.check)
 app.add_typer(db.app, name="db")
 app.add_typer(data.app, name="data")
 app.command(name="listen")(listen.listen)
+app.command(name="train")(train_command)
 
 
 def main() -> None:
