@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-SUPPORTED_SHAPES = ("polygon", "rectangle", "circle")
 DEFAULT_BENIGN_LABELS = ("benign", "normal", "ignore")
 _VIEW_WORDS = {
     "anterior": "anterior",

@@ -113,10 +113,3 @@ def patch_coverage(shape: Shape, rows: slice, cols: slice) -> FloatArray:
     xs = np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]
     ys_b, xs_b = np.broadcast_arrays(ys, xs)
     return shape.coverage(ys_b, xs_b)
-
-
-def draw(canvas: FloatArray, shape: Shape, value: float) -> None:
-    """Add ``value × coverage`` of ``shape`` into ``canvas`` in place."""
-    win = window(shape, (canvas.shape[0], canvas.shape[1]))
-    if win is not None:
-        canvas[win] += np.float32(value) * patch_coverage(shape, *win)

@@ -8,7 +8,6 @@ belong to the thorax crop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,8 +295,3 @@ def build_skeleton(body: Body, rng: np.random.Generator) -> list[Element]:
         Element(e.name, e.site, e.shape, e.activity * float(j), e.depth) if e.activity > 0 else e
         for e, j in zip(elements, jitter, strict=True)
     ]
-
-
-def vertebra_angle(body: Body) -> float:
-    """Orientation (radians) of the spine axis in the image for elongated spine lesions."""
-    return math.atan(body.tilt)
