@@ -1,0 +1,164 @@
+"""Inference latency of MSA-Net per 256×256 view, beside a plain U-Net of the same widths.
+
+For each device (CPU; CUDA when present), preset, model and batch size: forward passes under
+``torch.inference_mode`` in eval mode (fp32 on CPU, bf16 autocast on CUDA — what
+``msanet_core.Segmenter`` does), ms per view (best and median of ``--repeats``), FLOPs per view
+from ``torch.utils.flop_counter`` (2 FLOP per MAC), and achieved GFLOP/s against a square-matmul
+peak measured in the same run. Target (FACTS.md): ``paper`` ≤ 0.7 s per view on 2 CPU cores.
+
+    python bench/inference.py                       # paper + lite, batch 1 and 8, all devices
+    python bench/inference.py --presets lite --batches 1 --repeats 5 --layouts cl,nchw
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from msanet_core import ModelConfig, build_generator, build_unet, count_parameters
+
+
+@dataclass
+class Row:
+    device: str
+    preset: str
+    model: str
+    layout: str
+    batch: int
+    params_m: float
+    gflop_per_view: float
+    best_ms_per_view: float
+    median_ms_per_view: float
+    gflops: float
+    peak_fraction: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _best_and_median(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    fn()  # warm-up (oneDNN / cuDNN algorithm selection)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_peak(device: torch.device, repeats: int) -> float:
+    """GFLOP/s of an n×n matmul (fp32 on CPU, bf16 on CUDA), best of ``repeats``."""
+    n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = _best_and_median(lambda: a @ b, device, max(repeats, 3))
+    return 2 * n**3 / min(times) / 1e9
+
+
+def flop_per_view(model: nn.Module) -> float:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 1, 256, 256))
+    return float(counter.get_total_flops())
+
+
+def measure(
+    model: nn.Module, device: torch.device, batch: int, layout: str, repeats: int
+) -> list[float]:
+    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+    model = model.to(device).to(memory_format=fmt).eval()  # type: ignore[call-overload]
+    x = torch.rand(batch, 1, 256, 256, device=device).contiguous(memory_format=fmt)
+
+    def run() -> object:
+        with torch.inference_mode():
+            if device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return model(x)
+            return model(x)
+
+    return [t / batch for t in _best_and_median(run, device, repeats)]
+
+
+def bench(args: argparse.Namespace) -> list[Row]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and args.device in ("all", "cuda"):
+        devices.append(torch.device("cuda"))
+    if args.device == "cuda":
+        devices = devices[1:]
+    rows: list[Row] = []
+    for device in devices:
+        peak = matmul_peak(device, args.repeats)
+        print(
+            f"{device.type}: matmul peak {peak:.0f} GFLOP/s, {torch.get_num_threads()} threads",
+            flush=True,
+        )
+        for preset in args.presets.split(","):
+            config = ModelConfig.preset(preset)
+            for kind, build in (("msanet", build_generator), ("unet", build_unet)):
+                model = build(config).eval()
+                flop = flop_per_view(model)
+                for layout in args.layouts.split(","):
+                    for batch in (int(b) for b in args.batches.split(",")):
+                        times = measure(model, device, batch, layout, args.repeats)
+                        best = min(times)
+                        row = Row(device.type, preset, kind, layout, batch,
+                                  count_parameters(model) / 1e6, flop / 1e9, best * 1e3,
+                                  statistics.median(times) * 1e3, flop / best / 1e9,
+                                  flop / best / 1e9 / peak)  # fmt: skip
+                        rows.append(row)
+                        print(_line(row), flush=True)
+    return rows
+
+
+HEADER = (f"{'device':6} {'preset':6} {'model':6} {'layout':6} {'batch':>5} {'params M':>8} "
+          f"{'GFLOP':>7} {'best ms':>9} {'median ms':>9} {'GFLOP/s':>8} {'% peak':>6}")  # fmt: skip
+
+
+def _line(r: Row) -> str:
+    return (f"{r.device:6} {r.preset:6} {r.model:6} {r.layout:6} {r.batch:5d} {r.params_m:8.2f} "
+            f"{r.gflop_per_view:7.1f} {r.best_ms_per_view:9.1f} {r.median_ms_per_view:9.1f} "
+            f"{r.gflops:8.1f} {100 * r.peak_fraction:6.1f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="paper,lite")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--layouts", default="cl", help="cl (channels_last) and/or nchw")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(HEADER)
+    rows = bench(args)
+    print("\nper 256×256 view (ms per view = batch time / batch):")
+    print(HEADER)
+    for r in rows:
+        print(_line(r))
+    paper_cpu = [r for r in rows if (r.device, r.preset, r.model) == ("cpu", "paper", "msanet")]
+    if paper_cpu:
+        best = min(r.best_ms_per_view for r in paper_cpu)
+        verdict = "meets" if best <= 700 else "misses"
+        print(f"\npaper on CPU: {best:.0f} ms per view — {verdict} the 0.7 s target")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([asdict(r) for r in rows], handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
