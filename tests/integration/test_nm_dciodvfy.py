@@ -59,14 +59,14 @@ def test_views_read_back_with_the_generated_counts(cohort: Path) -> None:
         assert ds.BitsStored == ds.BitsAllocated == 16
         assert ds.PatientID == patient.patient_id
         assert ds.PatientName != ""
+    views = split_views(datasets)  # DetectorVector → detector item → ViewCodeSequence
+    for view, truth in ((View.ANTERIOR, patient.anterior), (View.POSTERIOR, patient.posterior)):
+        pixels = views[view].pixels if head_first else views[view].pixels[::-1]
+        np.testing.assert_array_equal(pixels, truth.counts)
+        assert views[view].head_first is head_first
+        assert views[view].pixel_spacing_mm == (2.26, 2.26)
     if len(datasets) == 1:
-        views = split_views(datasets)
-        for view, truth in ((View.ANTERIOR, patient.anterior), (View.POSTERIOR, patient.posterior)):
-            pixels = views[view].pixels if head_first else views[view].pixels[::-1]
-            np.testing.assert_array_equal(pixels, truth.counts)
-            assert views[view].head_first is head_first
         assert [int(v) for v in datasets[0].DetectorVector] == [1, 2]
     else:
         codes = [ds.DetectorInformationSequence[0].ViewCodeSequence[0].CodeValue for ds in datasets]
         assert codes == ["399321004", "399001007"]
-        np.testing.assert_array_equal(datasets[1].pixel_array, patient.posterior.counts)
