@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,16 @@ import torch
 from msanet_core import CheckpointError, ModelConfig, Segmenter, build_generator, load_checkpoint
 from msanet_core.checkpoint import save_checkpoint
 from msanet_core.inference import normalise_counts
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: two spin-waiting OpenMP threads crawl on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 META = {"epochs": 3, "seed": 42, "data": "unit test", "metrics": {"val_dsc": np.float64(0.5)}}
 
