@@ -96,6 +96,9 @@ class ModelConfig:
         ε in the numerator too, so an empty crop predicted empty scores 1, not 0).
     norm_percentile
         Per-crop percentile that maps raw counts to 1.0 (MODEL.md A10: 99.5).
+    ablation
+        Name of the applied :data:`ABLATIONS` row ("" = the proposed model); set by
+        :meth:`with_ablation` and part of the model version string.
     """
 
     name: str = "paper"
