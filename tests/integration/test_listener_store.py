@@ -129,8 +129,12 @@ def test_pair_of_single_frame_views_opens_one_job(
     assert listener.jobs() == []  # one view alone is not a scan
     listener.storescu(factory.save(posterior, tmp_path / "post.dcm"))
     wait_for(lambda: queued_tasks(redis_url), timeout=15, what="the pair's job")
-    [job] = listener.jobs()
-    assert job.state == JobState.QUEUED
+    # The task is sent before the job is marked queued (after the commit): wait for the mark.
+    wait_for(
+        lambda: [j.state for j in listener.jobs()] == [JobState.QUEUED],
+        timeout=15,
+        what="the pair's job to be marked queued",
+    )
     assert [i.number_of_frames for i in listener.instances()] == [1, 1]
 
 
