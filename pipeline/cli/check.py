@@ -6,12 +6,10 @@ from collections.abc import Callable
 from functools import partial
 
 import typer
-from kombu.connection import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.cli.common import display_url, first_line
 from pipeline.db import migrate
-from pipeline.dicom.scu import echo
 from pipeline.settings import Destination, InvalidSettingsError, Settings, get_settings
 
 Probe = Callable[[], tuple[bool, str]]
@@ -36,6 +34,9 @@ def _broker(settings: Settings) -> tuple[bool, str]:
     if settings.broker_url is None:
         return True, "embedded (BONESCAN_BROKER_URL not set)"
     shown = display_url(settings.broker_url)
+    # Imported here: every `bonescan` command loads this module, few need kombu or pynetdicom.
+    from kombu.connection import Connection  # noqa: PLC0415
+
     try:
         with Connection(settings.broker_url, connect_timeout=3) as connection:  # type: ignore[no-untyped-call]
             connection.ensure_connection(max_retries=1, timeout=3)
@@ -45,6 +46,8 @@ def _broker(settings: Settings) -> tuple[bool, str]:
 
 
 def _destination(settings: Settings, destination: Destination) -> tuple[bool, str]:
+    from pipeline.dicom.scu import echo  # noqa: PLC0415 (see _broker)
+
     result = echo(destination, settings.listener.ae_title, timeout_s=5)
     return (
         result.ok,

@@ -63,7 +63,7 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
 
 
 def upsert_study(session: Session, received: ReceivedInstance) -> Study:
-    """The study row, created on first sight; patient attributes are filled in when missing."""
+    """The study row, created on first sight with the patient and study attributes."""
     study = session.scalars(
         select(Study).where(Study.study_instance_uid == received.study_instance_uid)
     ).one_or_none()

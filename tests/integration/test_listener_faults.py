@@ -124,6 +124,16 @@ def _series(tmp_path: Path, count: int) -> list[Path]:
     ]
 
 
+def _send_in_background(port: int, files: list[Path]) -> subprocess.Popen[str]:
+    """dcmtk storescu sending ``files`` over one association, still running on return."""
+    return subprocess.Popen(
+        ["/usr/bin/storescu", "-aec", "BONESCAN", "127.0.0.1", str(port), *map(str, files)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _spool_is_consistent(listener_spool: Path, recorded: set[str]) -> None:
     partials = list(listener_spool.rglob("*.part"))
     assert partials == [], partials
@@ -137,18 +147,7 @@ def test_kill_9_mid_association_leaves_no_partial_file_and_resend_succeeds(
 ) -> None:
     files = _series(tmp_path, 40)
     listener = start_listener()
-    sender = subprocess.Popen(
-        [
-            "/usr/bin/storescu",
-            "-aec",
-            "BONESCAN",
-            "127.0.0.1",
-            str(listener.port),
-            *map(str, files),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    sender = _send_in_background(listener.port, files)
     wait_for(lambda: len(listener.instances()) >= 3, timeout=30, what="a few instances")
     listener.process.send_signal(signal.SIGKILL)
     listener.process.wait(timeout=10)
@@ -173,19 +172,7 @@ def test_sigterm_mid_association_lets_it_complete(
 ) -> None:
     files = _series(tmp_path, 30)
     listener = start_listener()
-    sender = subprocess.Popen(
-        [
-            "/usr/bin/storescu",
-            "-aec",
-            "BONESCAN",
-            "127.0.0.1",
-            str(listener.port),
-            *map(str, files),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sender = _send_in_background(listener.port, files)
     wait_for(lambda: len(listener.instances()) >= 2, timeout=30, what="a couple of instances")
     listener.process.send_signal(signal.SIGTERM)
     output, _ = sender.communicate(timeout=60)
