@@ -120,6 +120,7 @@ class Listener:
             self.metrics,
             called_ae_title=listener.ae_title,
             quiet_seconds=listener.quiet_seconds,
+            visibility_timeout_s=settings.worker.visibility_timeout_seconds,
         )
         self.handlers = StoreHandlers(
             self.spool, self.session_factory, self.sweeper, self.metrics, self.model_version

@@ -65,6 +65,23 @@ class Enqueuer:
         """False without a broker URL, or while backing off after a failed send."""
         return self._broker_url is not None and time.monotonic() >= self._down_until
 
+    def resend(self, task: TaskName, queue: QueueName, **kwargs: int) -> bool:
+        """Send ``task`` again for a job or export whose message may be lost (the sweeper's
+        safety net); harmless when it was not: the workers' claims make a duplicate a no-op."""
+        if not self.available:
+            return False
+        try:
+            self._app().send_task(
+                task.value, kwargs=kwargs, queue=queue.value, retry=True, retry_policy=RETRY_POLICY
+            )
+        except self._send_errors as error:
+            self._down_until = time.monotonic() + BACKOFF_S
+            logger.warning("broker_unreachable resend=%s error=%s", task.value, error)
+            return False
+        self._metrics.jobs.labels("resent").inc()
+        logger.info("task_resent task=%s %s", task.value, kwargs)
+        return True
+
     def enqueue(self, job_id: int) -> bool:
         """Send the job's task; True once the broker has it and the job is ``queued``."""
         if not self.available:

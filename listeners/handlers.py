@@ -146,7 +146,8 @@ class StoreHandlers:
         association is refused as local-limit-exceeded (seen with the fuzz corpus)."""
         assoc = event.assoc
         if assoc.is_acceptor and assoc.requestor.primitive is None and not assoc.is_established:
-            assoc.dul.to_user_queue.put(None)  # what the acceptor reads as "no request came"
+            # None on the DUL's user queue reads as "no request came" (typed as a PDU queue).
+            cast(Any, assoc.dul.to_user_queue).put(None)
 
     def handle_aborted(self, event: events.Event) -> None:
         logger.warning("association_aborted calling=%s", event.assoc.requestor.ae_title)

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -29,12 +29,17 @@ from listeners.metrics import ListenerMetrics
 from listeners.receive import UnreadableDatasetError, parse
 from listeners.spool import Spool, Stored
 from pipeline.db import ingest
+from pipeline.db.jobs import due_exports, stalled_job_ids
 from pipeline.db.models import Job
 from pipeline.db.types import utcnow
+from pipeline.tasks.names import QueueName, TaskName
 
 logger = logging.getLogger(__name__)
 
 ENQUEUE_GRACE_S = 1.0  # a job younger than this is still on its way through the arrival path
+# Lost-message safety net: how often to look, and how overdue an export must be to be resent.
+RESEND_EVERY_S = 30.0
+EXPORT_OVERDUE_S = 120.0
 RECOVERED_CALLING_AE = "UNKNOWN"
 
 
@@ -52,6 +57,7 @@ class Sweeper(threading.Thread):
         called_ae_title: str,
         quiet_seconds: float,
         interval_s: float = 1.0,
+        visibility_timeout_s: float = 3600.0,
     ) -> None:
         super().__init__(name="bonescan-sweeper", daemon=True)
         self.spool = spool
@@ -62,6 +68,8 @@ class Sweeper(threading.Thread):
         self.called_ae_title = called_ae_title
         self.quiet_seconds = quiet_seconds
         self.interval_s = interval_s
+        self.visibility_timeout_s = visibility_timeout_s
+        self._next_resend = time.monotonic() + RESEND_EVERY_S
         self._arrivals: queue.Queue[Arrival] = queue.Queue()
         self._stopping = threading.Event()
         self._recovered = False
@@ -132,6 +140,22 @@ class Sweeper(threading.Thread):
             for job_id in pending:
                 if not self.enqueuer.enqueue(job_id):
                     break
+        if self.enqueuer.available and time.monotonic() >= self._next_resend:
+            self._next_resend = time.monotonic() + RESEND_EVERY_S
+            self.resend_lost(now)
+
+    def resend_lost(self, now: datetime) -> None:
+        """Resend tasks whose message may be lost: jobs queued for longer than the visibility
+        timeout or running on an expired lease, and exports overdue for their next attempt."""
+        with self.session_factory() as session:
+            jobs = stalled_job_ids(
+                session, now, now - timedelta(seconds=self.visibility_timeout_s + EXPORT_OVERDUE_S)
+            )
+            exports = due_exports(session, now - timedelta(seconds=EXPORT_OVERDUE_S))
+        for job_id in jobs:
+            self.enqueuer.resend(TaskName.SEGMENT_SERIES, QueueName.SEGMENT, job_id=job_id)
+        for export_id in exports:
+            self.enqueuer.resend(TaskName.EXPORT_RESULT, QueueName.EXPORT, export_id=export_id)
 
     def _on_sweep(self, session: Session, series_id: int, quiet: bool) -> Job | None:
         return self.jobs.on_sweep(session, series_id, quiet=quiet)

@@ -19,6 +19,7 @@ import torch
 from msanet_core.checkpoint import Checkpoint, load_checkpoint, load_state
 from msanet_core.config import ModelConfig
 from msanet_core.generator import MSANetGenerator, build_generator
+from msanet_core.weights import SHIPPED_CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +96,15 @@ class Segmenter:
 
     @classmethod
     def load(
-        cls, path: Path | str, device: str = "auto", batch_size: int | None = None
+        cls, path: Path | str | None = None, device: str = "auto", batch_size: int | None = None
     ) -> Segmenter:
         """Load a checkpoint (validated, ``weights_only=True``) onto ``device``.
 
         Parameters
         ----------
         path
-            A checkpoint written by :func:`msanet_core.checkpoint.save_checkpoint`.
+            A checkpoint written by :func:`msanet_core.checkpoint.save_checkpoint`; ``None``
+            loads the shipped one (:data:`msanet_core.weights.SHIPPED_CHECKPOINT`).
         device
             ``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``.
         batch_size
@@ -113,7 +115,7 @@ class Segmenter:
         CheckpointError
             Missing file, unreadable file, or a wrong or missing field (named in the message).
         """
-        ckpt: Checkpoint = load_checkpoint(path)
+        ckpt: Checkpoint = load_checkpoint(SHIPPED_CHECKPOINT if path is None else path)
         generator = build_generator(ckpt.config)
         load_state(generator, ckpt.generator, "generator")
         dev = resolve_device(device)

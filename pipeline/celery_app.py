@@ -8,13 +8,11 @@ backend hang at exit once Redis was gone.
 from __future__ import annotations
 
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from pipeline.settings import Settings
 from pipeline.tasks.names import QueueName
 
-# FACTS.md "Celery + Redis": longer than the longest job, or a job runs twice concurrently.
-VISIBILITY_TIMEOUT_S = 3600
 # FACTS.md: without this a killed worker's task comes back only after ~100 s.
 UNACKED_RESTORE_INTERVAL_S = 10
 # A producer must not hold a DICOM association while the broker is down (DESIGN.md rules).
@@ -33,7 +31,14 @@ def make_celery(settings: Settings, *, name: str = "bonescan") -> Celery:
         raise ValueError("BONESCAN_BROKER_URL is not set: no broker to build a Celery app on")
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(name.value) for name in QueueName],  # type: ignore[no-untyped-call]
+        # One direct exchange per queue, routing key = queue name: a bare Queue("export") binds
+        # to the default exchange with the default key and would get the segment messages too.
+        task_queues=[
+            Queue(q.value, Exchange(q.value, type="direct"), routing_key=q.value)  # type: ignore[no-untyped-call]
+            for q in QueueName
+        ],
+        task_default_exchange=QueueName.SEGMENT.value,
+        task_default_routing_key=QueueName.SEGMENT.value,
         task_default_queue=QueueName.SEGMENT.value,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -45,8 +50,10 @@ def make_celery(settings: Settings, *, name: str = "bonescan") -> Celery:
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "visibility_timeout": settings.worker.visibility_timeout_seconds,
             "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+            # kombu scans only every interval × throttle (default 10): make it every interval.
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
             "socket_timeout": BROKER_CONNECT_TIMEOUT_S,
         },

@@ -8,11 +8,15 @@ A job's ``model_version`` is the first of:
 2. the ``model_version`` string inside the checkpoint itself: ``torch.save`` writes a zip whose
    ``*/data.pkl`` is a pickle; :func:`pickletools.genops` walks its opcodes *without executing
    them*, and the string that follows the ``"model_version"`` key is the version;
-3. :data:`DEFAULT_MODEL_VERSION`, when no weights file is configured or found.
+3. :data:`DEFAULT_MODEL_VERSION`, when no weights file is found.
+
+With ``BONESCAN_WEIGHTS`` unset the weights are the checkpoint shipped in ``msanet_core/weights``,
+located without importing ``msanet_core`` (which would pull in torch).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import pickletools
@@ -69,9 +73,22 @@ def _from_checkpoint(weights: Path) -> str | None:
         return None
 
 
+SHIPPED_RELATIVE = Path("weights") / "msanet-lite-synthetic.pt"  # = msanet_core.weights
+
+
+def shipped_weights() -> Path | None:
+    """Where the shipped checkpoint lies, found without importing ``msanet_core``."""
+    spec = importlib.util.find_spec("msanet_core")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / SHIPPED_RELATIVE
+
+
 def current_model_version(settings: Settings) -> str:
     """The version string new jobs are opened for (see the module docstring for the rule)."""
     weights = settings.weights
     if weights is None:
-        return DEFAULT_MODEL_VERSION
+        weights = shipped_weights()
+        if weights is None or not weights.is_file():  # no shipped checkpoint in this install
+            return DEFAULT_MODEL_VERSION
     return _from_sidecar(weights) or _from_checkpoint(weights) or DEFAULT_MODEL_VERSION

@@ -73,6 +73,9 @@ class Destination(BaseModel):
     ae_title: str
     host: str
     port: Port
+    # After a successful C-STORE, C-FIND the SOP Instance UID back (skipped when the peer
+    # does not accept Study Root C-FIND).
+    verify: bool = True
 
     _check_ae_title = field_validator("ae_title")(validate_ae_title)
     _check_host = field_validator("host")(_validate_host)
@@ -122,6 +125,35 @@ class ListenerSettings(BaseModel):
         return self
 
 
+class WorkerSettings(BaseModel):
+    """The Celery workers (``bonescan worker``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Prefork pool processes per worker (the model is loaded once in each).
+    concurrency: int = Field(default=1, ge=1, le=64)
+    # A job's database lease; a dead worker's job may be taken over after it expires.
+    lease_seconds: float = Field(default=600.0, gt=0)
+    # Redis redelivers an unacknowledged task after this long (FACTS.md: must exceed the longest
+    # task, or a job runs twice at once; the lease makes a second run a no-op anyway).
+    visibility_timeout_seconds: float = Field(default=3600.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class ExportSettings(BaseModel):
+    """Delivery of SEG and SR objects to the destinations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Attempts per object and destination before the export is failed (transient errors only).
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    # Exponential backoff: base × 2^(attempt − 1), at most max.
+    backoff_base_seconds: float = Field(default=5.0, gt=0)
+    backoff_max_seconds: float = Field(default=600.0, gt=0)
+    # DICOM network timeouts (association, DIMSE, socket) for C-STORE and C-FIND.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every bonescan setting; see the README for the variable names and defaults."""
 
@@ -138,6 +170,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str | None = None
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
     destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
     weights: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

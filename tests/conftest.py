@@ -18,6 +18,8 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
+pytest_plugins = ["tests.integration.pacs"]
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "BONESCAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

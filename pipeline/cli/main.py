@@ -5,7 +5,21 @@ from __future__ import annotations
 import typer
 
 from pipeline import __version__
-from pipeline.cli import check, data, db, listen
+from pipeline.cli import (
+    check,
+    data,
+    db,
+    exports,
+    jobs,
+    listen,
+    peers,
+    purge,
+    review,
+    stats,
+    studies,
+    worker,
+)
+from pipeline.cli.evaluate import evaluate_command
 from pipeline.cli.train import train_command
 from pipeline.logs import configure_logging
 from pipeline.settings import InvalidSettingsError, get_settings
@@ -41,7 +55,16 @@ app.command(name="check")(check.check)
 app.add_typer(db.app, name="db")
 app.add_typer(data.app, name="data")
 app.command(name="listen")(listen.listen)
+app.command(name="worker")(worker.worker)
 app.command(name="train")(train_command)
+app.add_typer(studies.app, name="studies")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(exports.app, name="exports")
+app.add_typer(review.app, name="review")
+app.add_typer(peers.app, name="peers")
+app.command(name="stats")(stats.stats)
+app.command(name="purge")(purge.purge)
+app.command(name="evaluate")(evaluate_command)
 
 
 def main() -> None:

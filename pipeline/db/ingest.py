@@ -19,7 +19,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.db.models import Instance, Job, JobEvent, Series, Study
-from pipeline.db.states import JobState, check_transition
+from pipeline.db.states import JobState, Stage, check_transition
 from pipeline.db.types import utcnow
 
 
@@ -181,7 +181,26 @@ def open_job(
     )
     session.add(job)
     check_transition(None, JobState.RECEIVED)
-    session.add(JobEvent(job=job, from_state=None, to_state=JobState.RECEIVED, detail=detail))
+    first_arrival = min((i.received_at for i in sources if i.received_at), default=None)
+    if first_arrival is not None and generation == 0:  # stage "received": first instance in
+        session.add(
+            JobEvent(
+                job=job,
+                from_state=None,
+                to_state=JobState.RECEIVED,
+                at=first_arrival,
+                stage=Stage.RECEIVED.value,
+            )
+        )
+    session.add(
+        JobEvent(
+            job=job,
+            from_state=None,
+            to_state=JobState.RECEIVED,
+            detail=detail,
+            stage=Stage.COMPLETE.value,
+        )
+    )
     session.flush()
     return job
 
@@ -221,7 +240,11 @@ def mark_queued(session: Session, job_id: int, detail: str | None = None) -> boo
     if moved:
         session.add(
             JobEvent(
-                job_id=job_id, from_state=JobState.RECEIVED, to_state=JobState.QUEUED, detail=detail
+                job_id=job_id,
+                from_state=JobState.RECEIVED,
+                to_state=JobState.QUEUED,
+                detail=detail,
+                stage=Stage.QUEUED.value,
             )
         )
     return bool(moved)

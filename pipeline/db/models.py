@@ -147,6 +147,9 @@ class JobEvent(Base):
     to_state: Mapped[JobState] = mapped_column(StrEnumType(JobState))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     detail: Mapped[str | None] = mapped_column(Text)
+    # A stage mark within a state (see :class:`~pipeline.db.states.Stage`); None on transitions
+    # that are not also a stage.
+    stage: Mapped[str | None] = mapped_column(String(32))
 
     job: Mapped[Job] = relationship(back_populates="events")
 
@@ -165,6 +168,9 @@ class Result(Base):
     seg_series_instance_uid: Mapped[str] = mapped_column(UID)
     seg_sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     seg_path: Mapped[str] = mapped_column(String(1024))
+    # The TID 1500 summary SR written beside the SEG (one per scan, like the SEG).
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sr_path: Mapped[str | None] = mapped_column(String(1024))
     crop_top: Mapped[int] = mapped_column(Integer)
     lesion_count: Mapped[int] = mapped_column(Integer)
     lesion_area_mm2: Mapped[float] = mapped_column(Float)

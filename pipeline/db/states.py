@@ -22,6 +22,23 @@ class JobState(StrEnum):
     EXPORT_FAILED = "export_failed"  # every export retry spent; reason kept
 
 
+class Stage(StrEnum):
+    """Per-stage timestamps of a job (``job_events.stage``): latency per stage comes from these.
+
+    ``received`` is the first instance's arrival, ``complete`` the moment the scan was whole and
+    its job opened; the others are marked by the listener and the workers as they happen.
+    """
+
+    RECEIVED = "received"
+    COMPLETE = "complete"
+    QUEUED = "queued"
+    STARTED = "started"
+    INFERENCE_DONE = "inference_done"
+    SEG_WRITTEN = "seg_written"
+    SENT = "sent"
+    VERIFIED = "verified"
+
+
 class ExportState(StrEnum):
     """Delivery of one result object to one destination."""
 

@@ -180,7 +180,7 @@ def start_listener(clean_env: dict[str, str], tmp_path: Path) -> Iterator[StartL
         if wait:
             wait_for(
                 lambda: port_open(port) or not running.alive(),
-                timeout=20,
+                timeout=120,  # a deadline, not a measurement: CI hosts can be busy
                 what="the listener to listen",
             )
             if not running.alive():
@@ -204,3 +204,129 @@ def dataset_bytes(path: Path) -> bytes:
         read_preamble(handle, False)
         _read_file_meta_info(handle)
         return handle.read()
+
+
+# ------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class RunningWorker:
+    """A ``bonescan worker`` subprocess (its own session: kill -9 reaches its pool too)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def children(self) -> list[int]:
+        """PIDs of the pool processes."""
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.append(int(stat.parent.name))
+        return children
+
+    def kill(self) -> None:
+        """kill -9 the worker and its pool at once (a host losing the process)."""
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+
+StartWorker = Callable[..., RunningWorker]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
+    """Start ``bonescan worker`` with the listener's environment (plus overrides) and wait until
+    it consumes."""
+    started: list[RunningWorker] = []
+
+    def start(
+        env: dict[str, str], *, queues: str = "segment,export", **settings: str
+    ) -> RunningWorker:
+        full = {**env, **{f"BONESCAN_{key}": value for key, value in settings.items()}}
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        (tmp_path / "cwd").mkdir(exist_ok=True)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "worker", "--queues", queues],
+                cwd=tmp_path / "cwd",
+                env=full,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        running = RunningWorker(process, log_path, full)
+        started.append(running)
+        wait_for(
+            lambda: " ready." in running.log() or not running.alive(),
+            timeout=240,  # a deadline for busy CI hosts, not a measurement
+            what="the worker to be ready",
+            every=0.2,
+        )
+        if not running.alive():
+            pytest.fail(f"worker exited {process.returncode}:\n{running.log()}")
+        return running
+
+    yield start
+    for running in started:
+        if running.alive():
+            running.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained ``tiny`` checkpoint: fast, deterministic plumbing for pipeline tests."""
+    import torch
+
+    from msanet_core import (
+        ModelConfig,
+        build_generator,
+        crop_thorax,
+        generate_patient,
+        normalise_counts,
+    )
+    from msanet_core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny")
+    generator = build_generator(config).eval()
+    # Untrained, its probabilities sit in a narrow band around 0.58: every pixel would be a
+    # lesion. Rescale the output head so that the top ~10 % of a sample view's logits cross
+    # 0.5: the mask then follows the image, differs between views and shows any mirroring.
+    head = generator.heads[-1] if config.deep_supervision else generator.heads[0]
+    counts = generate_patient(11, 0).anterior.counts
+    crop = normalise_counts(crop_thorax(counts).apply(counts))
+    with torch.no_grad():
+        logits = torch.logit(generator(torch.from_numpy(crop)[None, None]).double(), eps=1e-12)
+        cut = float(torch.quantile(logits.flatten(), 0.9))
+        scale = 10.0 / max(float((logits - cut).abs().max()), 1e-9)
+        head.weight.mul_(scale)
+        head.bias.sub_(cut).mul_(scale)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(
+        path,
+        config=config,
+        generator=generator,
+        metadata={"epochs": 0, "seed": 0, "data": "untrained, for tests", "metrics": {}},
+    )
+    return path
