@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import __version__
+from pipeline.db.migrate import head_revision
 from tests.conftest import free_port
 
 BONESCAN = [sys.executable, "-m", "pipeline.cli"]
@@ -151,7 +152,7 @@ def test_check_passes_with_every_peer_up(
     lines = result.stdout.strip().splitlines()
     assert lines[:3] == [
         "ok   settings",
-        f"ok   database: {postgres_url} at revision 0001",
+        f"ok   database: {postgres_url} at revision {head_revision()}",
         f"ok   broker: {redis_url}",
     ]
     assert lines[3] == f"ok   destination pacs: PEER@127.0.0.1:{storescp} C-ECHO ok"
