@@ -32,7 +32,6 @@ from tests.integration.test_pipeline import (
     write_scan,
 )
 
-pytestmark = pytest.mark.tier2
 
 
 def _exports(listener: RunningListener) -> list[Export]:
