@@ -33,7 +33,6 @@ from tests.integration.test_pipeline import (
 )
 
 
-
 def _exports(listener: RunningListener) -> list[Export]:
     with listener.session() as session:
         return list(session.scalars(select(Export).order_by(Export.id)))
