@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from pipeline import broker as _embedded_broker  # noqa: F401 - registers bonescan-sqlite
 from pipeline.settings import Settings
 from pipeline.tasks.names import QueueName
 

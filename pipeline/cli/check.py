@@ -37,6 +37,8 @@ def _broker(settings: Settings) -> tuple[bool, str]:
     # Imported here: every `bonescan` command loads this module, few need kombu or pynetdicom.
     from kombu.connection import Connection  # noqa: PLC0415
 
+    from pipeline import broker as _embedded  # noqa: F401, PLC0415 - the bonescan-sqlite scheme
+
     try:
         with Connection(settings.broker_url, connect_timeout=3) as connection:  # type: ignore[no-untyped-call]
             connection.ensure_connection(max_retries=1, timeout=3)
