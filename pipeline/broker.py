@@ -34,7 +34,7 @@ def embedded_broker_url(data_dir: Path) -> str:
     return f"{SCHEME}+sqlite:///{(data_dir.resolve() / 'broker.sqlite').as_posix()}"
 
 
-class EmbeddedChannel(SqlaChannel):  # type: ignore[misc]
+class EmbeddedChannel(SqlaChannel):
     """kombu's SQLAlchemy channel with an engine built from the URL alone."""
 
     def _engine_from_config(self) -> Any:
@@ -42,7 +42,7 @@ class EmbeddedChannel(SqlaChannel):  # type: ignore[misc]
         return create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
 
-class EmbeddedTransport(SqlaTransport):  # type: ignore[misc]
+class EmbeddedTransport(SqlaTransport):
     """kombu's SQLAlchemy transport, polling every 0.1 s."""
 
     Channel = EmbeddedChannel
