@@ -103,6 +103,7 @@ def _delivered_to_orthanc(serve: RunningListener, orthanc: OrthancPacs, tmp_path
         what="the job to be exported",
         every=0.2,
     )
+    assert job is not None
     assert job.state == JobState.EXPORTED, job.error
     with serve.session() as session:
         seg_uid = session.scalars(select(Result.seg_sop_instance_uid)).first()
