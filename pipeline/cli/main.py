@@ -15,6 +15,7 @@ from pipeline.cli import (
     peers,
     purge,
     review,
+    segment,
     serve,
     stats,
     studies,
@@ -58,6 +59,7 @@ app.add_typer(data.app, name="data")
 app.command(name="listen")(listen.listen)
 app.command(name="worker")(worker.worker)
 app.command(name="serve")(serve.serve)
+app.command(name="segment")(segment.segment)
 app.command(name="train")(train_command)
 app.add_typer(studies.app, name="studies")
 app.add_typer(jobs.app, name="jobs")
