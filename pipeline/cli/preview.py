@@ -21,7 +21,7 @@ GAP_PX = 8
 def _grey(pixels: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
     counts = pixels.astype(np.float32)
     top = float(np.percentile(counts, 99.5)) or 1.0
-    return np.clip(counts / top, 0.0, 1.0) * 255.0
+    return np.asarray(np.clip(counts / top, 0.0, 1.0) * 255.0, dtype=np.float32)
 
 
 def render(views: list[tuple[str, npt.NDArray[np.generic], npt.NDArray[np.bool_]]]) -> np.ndarray:
