@@ -9,6 +9,7 @@ from pipeline.cli import (
     check,
     data,
     db,
+    demo,
     exports,
     jobs,
     listen,
@@ -60,6 +61,7 @@ app.command(name="listen")(listen.listen)
 app.command(name="worker")(worker.worker)
 app.command(name="serve")(serve.serve)
 app.command(name="segment")(segment.segment)
+app.command(name="demo")(demo.demo)
 app.command(name="train")(train_command)
 app.add_typer(studies.app, name="studies")
 app.add_typer(jobs.app, name="jobs")
