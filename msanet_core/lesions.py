@@ -51,27 +51,29 @@ def find_lesions(
     labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if count == 0:
         return []
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    centroids = ndimage.center_of_mass(mask, labels, index)
-    maxima = ndimage.maximum(probabilities, labels, index)
-    boxes = ndimage.find_objects(labels)
     pixel_mm2 = pixel_spacing_mm[0] * pixel_spacing_mm[1]
-    lesions = [
-        Lesion(
-            label=0,
-            area_px=int(areas[i]),
-            area_mm2=float(areas[i]) * pixel_mm2,
-            centroid_row=float(centroids[i][0]) + row_offset,
-            centroid_column=float(centroids[i][1]),
-            bbox_row_min=int(box[0].start) + row_offset,
-            bbox_column_min=int(box[1].start),
-            bbox_row_max=int(box[0].stop) - 1 + row_offset,
-            bbox_column_max=int(box[1].stop) - 1,
-            max_probability=float(maxima[i]),
+    lesions = []
+    # Per component, inside its bounding box only: ndimage.maximum / center_of_mass over the
+    # whole array sort every pixel (≈ 25 ms a view; this is ≈ 1 ms for a typical scan).
+    for number, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = labels[box] == number
+        rows, columns = np.nonzero(inside)
+        area = int(rows.size)
+        lesions.append(
+            Lesion(
+                label=0,
+                area_px=area,
+                area_mm2=float(area) * pixel_mm2,
+                centroid_row=float(rows.mean()) + box[0].start + row_offset,
+                centroid_column=float(columns.mean()) + box[1].start,
+                bbox_row_min=int(box[0].start) + row_offset,
+                bbox_column_min=int(box[1].start),
+                bbox_row_max=int(box[0].stop) - 1 + row_offset,
+                bbox_column_max=int(box[1].stop) - 1,
+                max_probability=float(probabilities[box][inside].max()),
+            )
         )
-        for i, box in enumerate(boxes)
-        if box is not None
-    ]
     lesions.sort(key=lambda lesion: (-lesion.area_px, lesion.centroid_row, lesion.centroid_column))
     return [replace(lesion, label=number) for number, lesion in enumerate(lesions, start=1)]
