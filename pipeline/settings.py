@@ -154,6 +154,18 @@ class ExportSettings(BaseModel):
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+class ReviewSettings(BaseModel):
+    """The review page (``bonescan review-server``; also started by ``serve`` when
+    ``review_password_hash`` is set)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+    _check_host = field_validator("host")(_validate_host)
+
+
 class Settings(BaseSettings):
     """Every bonescan setting; see the README for the variable names and defaults."""
 
@@ -172,11 +184,13 @@ class Settings(BaseSettings):
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
     weights: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "text", "json"] = "auto"
+    # scrypt$<n>$<r>$<p>$<salt>$<hash> (pipeline.review_web.auth); unset: no review page.
     review_password_hash: SecretStr | None = None
 
     @field_validator("destinations", mode="before")

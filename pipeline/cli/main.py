@@ -16,6 +16,7 @@ from pipeline.cli import (
     peers,
     purge,
     review,
+    review_server,
     segment,
     serve,
     stats,
@@ -67,6 +68,7 @@ app.add_typer(studies.app, name="studies")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(exports.app, name="exports")
 app.add_typer(review.app, name="review")
+app.add_typer(review_server.app, name="review-server")
 app.add_typer(peers.app, name="peers")
 app.command(name="stats")(stats.stats)
 app.command(name="purge")(purge.purge)

@@ -129,6 +129,8 @@ def serve(
         Child("listener", [sys.executable, "-m", "listeners"]),
         Child("worker", worker_argv),
     ]
+    if settings.review_password_hash is not None:  # the review page only ever behind a login
+        children.append(Child("review", [sys.executable, "-m", "pipeline.cli", "review-server"]))
     typer.echo(
         f"bonescan serve: {settings.listener.ae_title} on {settings.listener.host}:"
         f"{settings.listener.port}, database {display_url(settings.database_url)}, broker "
