@@ -240,6 +240,19 @@ def _resume(path: Path, device: torch.device) -> tuple[ModelConfig, dict[str, An
     return ckpt.config, opts, state, int(ts["epoch"])
 
 
+def _init_weights(state: _State, config: ModelConfig, path: Path) -> None:
+    """Start from ``path``'s weights (same configuration required)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.config != config:
+        raise ValueError(
+            f"--init-from {path}: its model configuration differs from this run's "
+            "(use the same --preset and options)"
+        )
+    load_state(state.generator, ckpt.generator, "generator")
+    if state.critic is not None and ckpt.critic is not None:
+        load_state(state.critic, ckpt.critic, "critic")
+
+
 def train(
     config: ModelConfig | None,
     data_dir: Path | str,
@@ -254,6 +267,7 @@ def train(
     callback: TrainCallback | None = None,
     augment: bool = True,
     betas: tuple[float, float] = (0.5, 0.999),
+    init_from: Path | str | None = None,
 ) -> TrainResult:
     """Train MSA-Net on ``data_dir/train`` (validating on ``data_dir/val`` if present).
 
@@ -274,6 +288,10 @@ def train(
         ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
     resume
         ``last.pt`` of an earlier run to continue exactly.
+    init_from
+        A checkpoint of the same configuration whose generator (and critic) weights start this
+        run, with fresh optimizers at ``lr``: a second, fine-tuning phase of a recipe (e.g. a
+        lower learning rate after a first run). Its path is recorded in the options.
     callback
         Progress hooks (:class:`TrainCallback`).
     """
@@ -293,6 +311,9 @@ def train(
             "augment": augment,
         }
         state, start = _build(config, lr, betas, dev, seed), 0
+        if init_from is not None:
+            _init_weights(state, config, Path(init_from))
+            opts["init_from"] = str(init_from)
     if epochs < 1 or int(opts["batch_size"]) < 1:
         raise ValueError(f"epochs ({epochs}) and batch_size ({opts['batch_size']}) must be >= 1")
     train_set = load_split(data_dir, "train", config.norm_percentile)

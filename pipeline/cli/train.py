@@ -95,6 +95,13 @@ def train_command(
         Path | None,
         typer.Option(help="last.pt to continue exactly (its config and options are used)."),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint (same preset) whose weights start this run, fresh optimizers at "
+            "--lr: a fine-tuning phase."
+        ),
+    ] = None,
     ablation: Annotated[
         str | None, typer.Option(help="A row of paper Tables 6-11, e.g. t6-rms, t11-concat.")
     ] = None,
@@ -145,11 +152,14 @@ def train_command(
         torch.set_num_threads(threads)
     if not data.is_dir():
         fail(f"data directory not found: {data}")
+    if init_from is not None and resume is not None:
+        fail("--init-from starts a new run; --resume continues one: choose one")
     try:
         with _Progress(out) as progress:
             result = train(
                 config, data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 device=device, resume=resume, callback=progress, augment=augment,
+                init_from=init_from,
             )  # fmt: skip
     except (TrainingDataError, CheckpointError, ValueError, OSError) as error:
         fail(str(error))

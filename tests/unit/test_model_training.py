@@ -86,6 +86,42 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path: Path) ->
     assert (tmp_path / "part" / "log.csv").read_text().count("\n") == 5
 
 
+def test_init_from_starts_a_fine_tuning_run_from_a_checkpoints_weights(tmp_path: Path) -> None:
+    from msanet_core.checkpoint import load_checkpoint
+
+    data = tmp_path / "data"
+    write_split(data, "train", 4, seed=1)
+    write_split(data, "val", 2, seed=2)
+    config = ModelConfig.preset("tiny")
+    train(config, data, tmp_path / "first", epochs=2, batch_size=2, lr=1e-3, seed=7, device="cpu")
+    first = load_checkpoint(tmp_path / "first" / "last.pt")
+    second = train(
+        config,
+        data,
+        tmp_path / "second",
+        epochs=1,
+        batch_size=2,
+        lr=0.0,  # no step: the weights stay those of the first run
+        seed=7,
+        device="cpu",
+        init_from=tmp_path / "first" / "last.pt",
+    )
+    tuned = load_checkpoint(second.last_checkpoint)
+    for name, tensor in first.generator.items():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue  # BatchNorm statistics move in train mode even at lr 0
+        assert torch.equal(tensor, tuned.generator[name]), name
+    assert tuned.metadata["options"]["init_from"] == str(tmp_path / "first" / "last.pt")
+    with pytest.raises(ValueError, match="configuration differs"):
+        train(
+            ModelConfig.preset("tiny", ablation="t6-rms"),
+            data,
+            tmp_path / "third",
+            epochs=1,
+            init_from=tmp_path / "first" / "last.pt",
+        )
+
+
 def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_split(data, "train", 4, seed=3)
