@@ -104,14 +104,44 @@ def claim_job(
     child on this host), recorded as ``running → queued → running``.
     """
     now = now or utcnow()
+    # The state may move between the read and the conditional UPDATE without the job being
+    # taken: the producer marks it ``received → queued`` after sending the task, and a fast
+    # worker reads ``received``. Read again and retry then; only another claim ends it.
+    for _ in range(CLAIM_TRIES):
+        claim = _claim_once(session, job_id, owner, lease_seconds, owner_dead=owner_dead, now=now)
+        if claim is not None:
+            return claim
+    return Claim.HELD  # the job kept moving under us: treat it as taken; the task rechecks
+
+
+CLAIM_TRIES = 5
+
+
+def _not_claimed(state: JobState) -> Claim | None:
+    """Why a job in ``state`` cannot be claimed now; None when it can (try again)."""
+    if state in CLAIMABLE:
+        return None
+    if state == JobState.RUNNING:
+        return Claim.HELD
+    return Claim.CLOSED if state in (JobState.SKIPPED, JobState.FAILED) else Claim.DONE
+
+
+def _claim_once(
+    session: Session,
+    job_id: int,
+    owner: str,
+    lease_seconds: float,
+    *,
+    owner_dead: Callable[[str], bool],
+    now: datetime,
+) -> Claim | None:
+    """One claim attempt; None when the job's state changed under us to a claimable one."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return Claim.MISSING
     previous = job.state
-    if previous in (JobState.SKIPPED, JobState.FAILED):
-        return Claim.CLOSED
     if previous not in (*CLAIMABLE, JobState.RUNNING):
-        return Claim.DONE
+        return _not_claimed(previous)
     lease_free = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
     if previous == JobState.RUNNING and job.lease_owner and owner_dead(job.lease_owner):
         lease_free = or_(lease_free, Job.lease_owner == job.lease_owner)
@@ -130,9 +160,7 @@ def claim_job(
     )
     if result.rowcount != 1:
         session.refresh(job)
-        if job.state == JobState.RUNNING:
-            return Claim.HELD
-        return Claim.DONE if job.state not in (JobState.SKIPPED, JobState.FAILED) else Claim.CLOSED
+        return _not_claimed(job.state)  # None: received → queued under us, try again
     if previous == JobState.RUNNING:
         session.add(
             JobEvent(
