@@ -177,7 +177,15 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         for _ in range(5):
             started = time.perf_counter()
             subprocess.run(
-                [STORESCU, "-aec", pacs.ae_title, "127.0.0.1", str(pacs.dicom_port), str(seg_file)],
+                [
+                    STORESCU,
+                    "-R",
+                    "-aec",
+                    pacs.ae_title,
+                    "127.0.0.1",
+                    str(pacs.dicom_port),
+                    str(seg_file),
+                ],
                 check=True,
                 env={**os.environ, "TCP_NODELAY": "1"},
             )
