@@ -43,7 +43,8 @@ from pipeline.dicom.nm import ScanIdentity, build_whole_body, save  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
-FINISHED = ("segmented", "exported", "failed", "export_failed", "skipped")
+# A job is done when segmented (no destination) or when its exports settled (with --export).
+FINISHED = ("exported", "failed", "export_failed", "skipped")
 
 
 def make_scans(folder: Path, count: int) -> list[Path]:
@@ -65,11 +66,14 @@ def finished_jobs(engine: object, generation: int) -> dict[str, int]:
     return {str(getattr(state, "value", state)): int(count) for state, count in rows}
 
 
-def wait_finished(engine: object, generation: int, count: int, timeout: float) -> dict[str, int]:
+def wait_finished(
+    engine: object, generation: int, count: int, timeout: float, *, export: bool
+) -> dict[str, int]:
+    finished = FINISHED if export else (*FINISHED, "segmented")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = finished_jobs(engine, generation)
-        if sum(states.get(state, 0) for state in FINISHED) >= count:
+        if sum(states.get(state, 0) for state in finished) >= count:
             return states
         time.sleep(0.02)
     raise TimeoutError(f"generation {generation}: {finished_jobs(engine, generation)}")
@@ -182,7 +186,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             check=True,
             capture_output=True,
         )
-        first_states = wait_finished(engine, 0, args.scans, 600)
+        first_states = wait_finished(engine, 0, args.scans, 600, export=args.export)
         first = args.scans / (time.perf_counter() - started)
         started = time.perf_counter()
         subprocess.run(
@@ -191,7 +195,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             check=True,
             capture_output=True,
         )
-        states = wait_finished(engine, 1, args.scans, 600)
+        states = wait_finished(engine, 1, args.scans, 600, export=args.export)
         again = args.scans / (time.perf_counter() - started)
     finally:
         worker.terminate()
