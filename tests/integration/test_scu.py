@@ -241,15 +241,18 @@ def test_a_busy_peer_rejecting_transiently_is_retryable(
     assert "result 0x02" in reason
 
 
-def test_refused_association_is_permanent_and_read_back_says_unavailable(
-    start_storescp: StartStoreScp, scan: Scan, caplog: pytest.LogCaptureFixture
+def test_read_back_on_a_peer_rejecting_the_association_permanently_is_unavailable(
+    start_orthanc: StartOrthanc, scan: Scan, caplog: pytest.LogCaptureFixture
 ) -> None:
-    refusing = start_storescp("--refuse")
+    # (storescp --refuse is not used: it may stop listening after its first refusal, and the
+    # fixture's readiness probe can be that first one.)
+    strict = start_orthanc(DicomCheckCalledAet=True)
+    wrong = strict.destination.model_copy(update={"ae_title": "NOT-ORTHANC"})
     with pytest.raises(PermanentError, match=r"rejected the association \(permanent\)"):
-        send(refusing.destination, scan.nm)
+        send(wrong, scan.nm)
 
     # A read-back runs after a delivery: what cannot be checked is None with a logged reason.
-    assert read_back(refusing.destination, scan.nm_dataset) is None
+    assert read_back(wrong, scan.nm_dataset) is None
     assert "read_back_unavailable" in caplog.text
     assert "rejected the association (permanent)" in caplog.text
 
