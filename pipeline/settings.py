@@ -162,6 +162,7 @@ class ReviewSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     _check_host = field_validator("host")(_validate_host)
 

@@ -57,6 +57,8 @@ def review_server(ctx: typer.Context, host: HostOption = None, port: PortOption 
     bind_host = host or settings.review.host
     bind_port = port or settings.review.port
     review_app = ReviewApp(make_session_factory(engine), password)
+    if settings.review.metrics_port is not None:
+        review_app.metrics.serve(bind_host, settings.review.metrics_port)
     typer.echo(
         f"bonescan review-server: http://{bind_host}:{bind_port}/ "
         f"(database {display_url(settings.database_url)}); Ctrl-C stops"

@@ -34,6 +34,7 @@ from pipeline.db import admin
 from pipeline.db.states import ReviewState
 from pipeline.review_web import pages, worklist
 from pipeline.review_web.auth import PasswordHash, Session, SessionSigner, clean_user_name
+from pipeline.review_web.metrics import ReviewMetrics
 from pipeline.review_web.overlay import OverlayUnavailableError, overlay_png
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,12 @@ class ReviewApp:
         sessions: sessionmaker[DbSession],
         password: PasswordHash,
         signer: SessionSigner | None = None,
+        metrics: ReviewMetrics | None = None,
     ) -> None:
         self.sessions = sessions
         self.password = password
         self.signer = signer or SessionSigner()
+        self.metrics = metrics or ReviewMetrics()
 
     # -------------------------------------------------------------------------------- WSGI
 
@@ -140,6 +143,7 @@ class ReviewApp:
             *response.headers,
         ]
         start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
+        self.metrics.observe(response.status, time.perf_counter() - started)
         logger.info(
             "review_request method=%s path=%s status=%d user=%s ms=%.1f",
             environ.get("REQUEST_METHOD", ""),

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -507,6 +508,26 @@ def test_database_down_is_a_503_page_with_one_line(
     assert_one_line_page(reply, 503)
     assert "database" in reply.text
     assert server.alive()
+
+
+def test_metrics_count_requests_by_status_class(
+    clean_env: dict[str, str], start_server: StartServer
+) -> None:
+    metrics_port = free_port()
+    server = start_server(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/none",
+        BONESCAN_REVIEW__METRICS_PORT=str(metrics_port),
+    )
+    client = Client(server.port)
+    assert client.get("/").status == 303  # not logged in: to /login
+    assert client.login().status == 303
+    assert client.get("/").status == 503  # the database is down
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        lines = page.read().decode().splitlines()
+    values = dict(line.rsplit(" ", 1) for line in lines if not line.startswith("#"))
+    assert float(values['bonescan_review_requests_total{status="3xx"}']) == 2
+    assert float(values['bonescan_review_requests_total{status="5xx"}']) == 1
+    assert float(values["bonescan_review_request_seconds_count"]) == 3
 
 
 def test_refuses_to_start_without_a_password_hash(
