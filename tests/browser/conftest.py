@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -210,18 +211,19 @@ def ohif(dicomweb_orthanc: OrthancPacs) -> Iterator[OhifServer]:
     assert server.proxy_errors == [], f"Orthanc's DICOMweb failed: {server.proxy_errors}"
 
 
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Page]:
-    """A page of Debian's headless chromium (fresh profile, no downloads), 1000 × 1600 CSS
-    pixels at device scale 1 so that screenshot pixels are canvas pixels."""
-    require_browser_tier()
+@contextmanager
+def chromium_page(profile: Path, width: int) -> Iterator[Page]:
+    """A page of Debian's headless chromium (fresh profile, no downloads), ``width`` × 1600 CSS
+    pixels at device scale 1, so that screenshot pixels are canvas (or image) pixels."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run {INSTALL}")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile",
+            profile,
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport={"width": 1000, "height": 1600},
+            viewport={"width": width, "height": 1600},
             device_scale_factor=1,
         )
         context.set_default_timeout(DEADLINE_S * 1000)
@@ -229,3 +231,11 @@ def page(tmp_path: Path) -> Iterator[Page]:
             yield context.pages[0] if context.pages else context.new_page()
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Page]:
+    """The OHIF test's page: 1000 × 1600."""
+    require_browser_tier()
+    with chromium_page(tmp_path / "chromium-profile", 1000) as opened:
+        yield opened

@@ -20,10 +20,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from pipeline.db.states import ReviewState
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DEADLINE_S, INSTALL, REPO
+from tests.browser.conftest import REPO, chromium_page
 from tests.integration.test_review_web import (
     PASSWORD,
     REVIEWER,
@@ -63,24 +63,9 @@ def on_screen_dice(shown: Mask, mask: Mask) -> float:
 
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[Page]:
-    """A page of Debian's headless chromium, 1200 × 1600 CSS pixels at device scale 1 (so an
-    element screenshot's pixels are the image's pixels). No OHIF needed here."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run {INSTALL}")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile",
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 1600},
-            device_scale_factor=1,
-        )
-        context.set_default_timeout(DEADLINE_S * 1000)
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    """A 1200 × 1600 page (an element screenshot's pixels are the image's). No OHIF needed."""
+    with chromium_page(tmp_path / "chromium-profile", 1200) as opened:
+        yield opened
 
 
 @pytest.fixture
