@@ -89,54 +89,44 @@ def _finished(settings: Settings) -> set[str]:
     return done if settings.destinations else {*done, "segmented"}
 
 
-def _wait_for_jobs(settings: Settings, series_uids: list[str], timeout: float) -> dict[str, Any]:
+def _wait_for_jobs(
+    settings: Settings, sessions: Any, series_uids: list[str], timeout: float
+) -> dict[str, Any]:
     from sqlalchemy import select  # noqa: PLC0415
 
     from pipeline.db.models import Job, Series  # noqa: PLC0415
-    from pipeline.db.session import make_engine, make_session_factory  # noqa: PLC0415
 
-    engine = make_engine(settings.database_url)
-    factory = make_session_factory(engine)
     deadline = time.monotonic() + timeout
-    jobs: dict[str, Any] = {}
-    try:
-        while True:
-            with factory() as session:
-                rows = session.execute(
-                    select(Series.series_instance_uid, Job)
-                    .join(Job, Job.series_id == Series.id)
-                    .where(Series.series_instance_uid.in_(series_uids))
-                    .order_by(Job.id)
-                ).all()
-                jobs = {str(uid): job for uid, job in rows}  # the newest job per series wins
-                for job in jobs.values():
-                    session.expunge(job)
-            states = {uid: job.state.value for uid, job in jobs.items()}
-            if len(states) == len(series_uids) and set(states.values()) <= _finished(settings):
-                return jobs
-            if time.monotonic() > deadline:
-                waiting = len(series_uids) - sum(s in _finished(settings) for s in states.values())
-                fail(f"{waiting} scan(s) not finished after {timeout:.0f} s (bonescan jobs list)")
-            time.sleep(0.25)
-    finally:
-        engine.dispose()
+    while True:
+        with sessions() as session:
+            rows = session.execute(
+                select(Series.series_instance_uid, Job)
+                .join(Job, Job.series_id == Series.id)
+                .where(Series.series_instance_uid.in_(series_uids))
+                .order_by(Job.id)
+            ).all()
+            jobs = {str(uid): job for uid, job in rows}  # the newest job per series wins
+            for job in jobs.values():
+                session.expunge(job)
+        states = {uid: job.state.value for uid, job in jobs.items()}
+        if len(states) == len(series_uids) and set(states.values()) <= _finished(settings):
+            return jobs
+        if time.monotonic() > deadline:
+            waiting = len(series_uids) - sum(s in _finished(settings) for s in states.values())
+            fail(f"{waiting} scan(s) not finished after {timeout:.0f} s (bonescan jobs list)")
+        time.sleep(0.25)
 
 
-def _results(settings: Settings, job_id: int) -> list[Any]:
+def _results(sessions: Any, job_id: int) -> list[Any]:
     from sqlalchemy import select  # noqa: PLC0415
 
     from pipeline.db.models import Result  # noqa: PLC0415
-    from pipeline.db.session import make_engine, make_session_factory  # noqa: PLC0415
 
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            rows = list(session.scalars(select(Result).where(Result.job_id == job_id)))
-            for row in rows:
-                session.expunge(row)
-            return rows
-    finally:
-        engine.dispose()
+    with sessions() as session:
+        rows = list(session.scalars(select(Result).where(Result.job_id == job_id)))
+        for row in rows:
+            session.expunge(row)
+        return rows
 
 
 def _overlay(results: list[Any], dataset: Any, out: Path) -> Path | None:
@@ -196,6 +186,7 @@ def _run(settings: Settings, target: Destination, count: int, out: Path, timeout
     from pydicom import dcmread  # noqa: PLC0415
 
     from pipeline.cli.admin import Column, show_table  # noqa: PLC0415
+    from pipeline.db.session import make_engine, make_session_factory  # noqa: PLC0415
     from pipeline.dicom.scu import store  # noqa: PLC0415
     from pipeline.errors import PermanentError, RetryableError  # noqa: PLC0415
 
@@ -208,12 +199,18 @@ def _run(settings: Settings, target: Destination, count: int, out: Path, timeout
         except (PermanentError, RetryableError) as error:
             fail(f"C-STORE of {path.name} failed: {error}")
     datasets = [dcmread(path) for path, _ in made]
-    jobs = _wait_for_jobs(settings, [d.SeriesInstanceUID for d in datasets], timeout)
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    try:
+        jobs = _wait_for_jobs(settings, sessions, [d.SeriesInstanceUID for d in datasets], timeout)
+        results_of = {job.id: _results(sessions, job.id) for job in jobs.values()}
+    finally:
+        engine.dispose()
     elapsed = time.monotonic() - started
     rows = []
     for (_path, patient), dataset in zip(made, datasets, strict=True):
         job = jobs[dataset.SeriesInstanceUID]
-        results = _results(settings, job.id)
+        results = results_of[job.id]
         found = {r.view: r.lesion_count for r in results}
         png = _overlay(results, dataset, out / f"{patient.patient_id}.png")
         rows.append(
