@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FIELDS = (
     "epoch",
+    "lr",
     "loss_g",
     "loss_d",
     "loss_seg",
@@ -98,6 +100,18 @@ class _State:
     history: list[dict[str, float]] = field(default_factory=list)
     best_score: float = -float("inf")
     best_epoch: int = 0
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_lr(opts: dict[str, Any], epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (1-based) of ``epochs`` under ``opts``' schedule."""
+    lr = float(opts["lr"])
+    if opts.get("lr_schedule", "constant") == "constant":
+        return lr
+    low = float(opts.get("min_lr", 0.0))
+    return low + (lr - low) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -268,6 +282,8 @@ def train(
     augment: bool = True,
     betas: tuple[float, float] = (0.5, 0.999),
     init_from: Path | str | None = None,
+    lr_schedule: str = "constant",
+    min_lr: float = 0.0,
 ) -> TrainResult:
     """Train MSA-Net on ``data_dir/train`` (validating on ``data_dir/val`` if present).
 
@@ -292,6 +308,11 @@ def train(
         A checkpoint of the same configuration whose generator (and critic) weights start this
         run, with fresh optimizers at ``lr``: a second, fine-tuning phase of a recipe (e.g. a
         lower learning rate after a first run). Its path is recorded in the options.
+    lr_schedule, min_lr
+        ``constant`` (the paper: ``lr`` throughout) or ``cosine``: epoch ``e`` of ``epochs``
+        runs at ``min_lr + (lr − min_lr)(1 + cos(π (e − 1) / epochs)) / 2``, from ``lr`` down to
+        near ``min_lr`` at the last epoch (the schedule depends on ``epochs``, so a resumed run
+        keeps it only with the same ``epochs``).
     callback
         Progress hooks (:class:`TrainCallback`).
     """
@@ -309,11 +330,17 @@ def train(
             "seed": seed,
             "betas": list(betas),
             "augment": augment,
+            "lr_schedule": lr_schedule,
+            "min_lr": min_lr,
         }
         state, start = _build(config, lr, betas, dev, seed), 0
         if init_from is not None:
             _init_weights(state, config, Path(init_from))
             opts["init_from"] = str(init_from)
+    if opts.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {opts['lr_schedule']!r}")
+    if not 0.0 <= float(opts.get("min_lr", 0.0)) <= float(opts["lr"]):
+        raise ValueError(f"min_lr must be in [0, lr], got {opts.get('min_lr')}")
     if epochs < 1 or int(opts["batch_size"]) < 1:
         raise ValueError(f"epochs ({epochs}) and batch_size ({opts['batch_size']}) must be >= 1")
     train_set = load_split(data_dir, "train", config.norm_percentile)
@@ -368,6 +395,10 @@ def _run(
     state.generator.train()
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
+        lr = epoch_lr(opts, epoch, epochs)
+        for opt in (state.opt_g, state.opt_d):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr
         rng = np.random.default_rng([seed, epoch])
         sums: dict[str, float] = {}
         for step, idx in enumerate(_batches(len(train_set), bs, rng), start=1):
@@ -380,7 +411,7 @@ def _run(
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             cb.on_step(epoch, step, losses)
-        record: dict[str, float] = {"epoch": epoch}
+        record: dict[str, float] = {"epoch": epoch, "lr": lr}
         record.update({k: v / len(train_set) for k, v in sums.items()})
         if len(val_set):
             record.update(validate(state.generator, val_set, config, dev))

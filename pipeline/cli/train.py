@@ -132,6 +132,10 @@ def train_command(
         bool, typer.Option("--augment/--no-augment", help="Flip/shift/rotate.")
     ] = True,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant (paper) or cosine (lr down to --min-lr by the end).")
+    ] = "constant",
+    min_lr: Annotated[float, typer.Option(min=0.0, help="Last learning rate of cosine.")] = 0.0,
 ) -> None:
     """Train MSA-Net (alternating critic/generator steps, Adam) and write best.pt and last.pt."""
     import torch  # noqa: PLC0415
@@ -159,7 +163,7 @@ def train_command(
             result = train(
                 config, data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 device=device, resume=resume, callback=progress, augment=augment,
-                init_from=init_from,
+                init_from=init_from, lr_schedule=lr_schedule, min_lr=min_lr,
             )  # fmt: skip
     except (TrainingDataError, CheckpointError, ValueError, OSError) as error:
         fail(str(error))

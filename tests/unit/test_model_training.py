@@ -12,7 +12,7 @@ import torch
 from msanet_core import ABLATIONS, ModelConfig, Segmenter
 from msanet_core.dataset import Sample, save_sample
 from msanet_core.metrics import pixel_metrics
-from msanet_core.training import TrainCallback, _build, train, train_step
+from msanet_core.training import TrainCallback, _build, epoch_lr, train, train_step
 from msanet_core.training_data import TrainingDataError, augment_batch
 
 
@@ -120,6 +120,26 @@ def test_init_from_starts_a_fine_tuning_run_from_a_checkpoints_weights(tmp_path:
             epochs=1,
             init_from=tmp_path / "first" / "last.pt",
         )
+
+
+def test_cosine_schedule_runs_each_epoch_at_its_learning_rate(tmp_path: Path) -> None:
+    opts = {"lr": 1e-3, "lr_schedule": "cosine", "min_lr": 1e-5}
+    rates = [epoch_lr(opts, e, 4) for e in range(1, 5)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] > 1e-5
+    assert epoch_lr({"lr": 1e-3}, 3, 4) == 1e-3  # runs saved before schedules existed
+    data = tmp_path / "data"
+    write_split(data, "train", 2, seed=4)
+    result = train(
+        ModelConfig.preset("tiny"), data, tmp_path / "run", epochs=2, batch_size=2, lr=1e-3,
+        device="cpu", lr_schedule="cosine", min_lr=1e-5,
+    )  # fmt: skip
+    assert [r["lr"] for r in result.history] == pytest.approx(
+        [epoch_lr(opts, e, 2) for e in (1, 2)]
+    )
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(ModelConfig.preset("tiny"), data, tmp_path / "bad", epochs=1, lr_schedule="step")
 
 
 def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path) -> None:
