@@ -1,6 +1,7 @@
 """The production C-STORE listener: AE set-up, serve, and a graceful stop on SIGTERM.
 
-One process: pynetdicom's threaded association server answers C-ECHO and C-STORE; the sweeper
+One process: the acceptor of :mod:`listeners.scp` (one thread per association, contexts
+negotiated by pynetdicom against the AE built here) answers C-ECHO and C-STORE; the sweeper
 thread opens and enqueues jobs; an optional HTTP thread serves Prometheus metrics. It never
 imports torch: jobs are enqueued by task name (DESIGN.md).
 """
@@ -11,7 +12,6 @@ import logging
 import signal
 import ssl
 import threading
-import time
 from types import FrameType
 
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS, get_decoder
@@ -19,13 +19,13 @@ from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from listeners.completeness import SeriesJobs
 from listeners.database import ListenerSessions
 from listeners.enqueue import Enqueuer
-from listeners.handlers import StoreHandlers
+from listeners.handlers import RecordWriter, StoreHandlers
 from listeners.metrics import ListenerMetrics
+from listeners.scp import StoreServer
 from listeners.spool import Spool
 from listeners.sweeper import Sweeper
 from pipeline.db.session import make_engine
@@ -122,11 +122,17 @@ class Listener:
             quiet_seconds=listener.quiet_seconds,
             visibility_timeout_s=settings.worker.visibility_timeout_seconds,
         )
+        self.writer = RecordWriter(self.session_factory, self.model_version)
         self.handlers = StoreHandlers(
-            self.spool, self.session_factory, self.sweeper, self.metrics, self.model_version
+            self.spool,
+            self.session_factory,
+            self.sweeper,
+            self.metrics,
+            self.model_version,
+            writer=self.writer,
         )
         self.ae = build_ae(listener)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: StoreServer | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -134,12 +140,11 @@ class Listener:
         listener = self.settings.listener
         self.spool.root.mkdir(parents=True, exist_ok=True)
         self.spool.remove_partials()  # nothing writes yet: every partial is a crash's leftover
-        self.server = self.ae.start_server(
-            (listener.host, listener.port),
-            block=False,
-            evt_handlers=self.handlers.handlers(),
-            ssl_context=ssl_context(listener),
-        )
+        self.writer.start()
+        address = (listener.host, listener.port)
+        tls = ssl_context(listener)
+        self.server = StoreServer(self.ae, self.handlers, address, ssl_context=tls)
+        self.server.start()
         self.sweeper.start()
         if listener.metrics_port is not None:
             self.metrics.serve(listener.host, listener.metrics_port)
@@ -163,16 +168,12 @@ class Listener:
 
     def stop(self) -> None:
         """Stop accepting, let running associations finish (bounded), stop the sweeper."""
-        if self.server is not None:
-            self.server.shutdown()  # closes the listening socket; running associations go on
         grace = self.settings.listener.shutdown_grace_seconds
-        deadline = time.monotonic() + grace
-        while self.ae.active_associations and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = self.ae.active_associations
-        for assoc in left:
-            assoc.abort()
-        logger.info("stopped associations_aborted=%d grace_s=%.0f", len(left), grace)
+        aborted = self.server.shutdown(grace) if self.server is not None else 0
+        # running associations went on until they ended or the grace ran out
+        logger.info("stopped associations_aborted=%d grace_s=%.0f", aborted, grace)
+        self.writer.stop()
+        self.writer.join(timeout=5)
         self.sweeper.stop()
         self.sweeper.join(timeout=5)
         self.engine.dispose()

@@ -84,33 +84,47 @@ class Enqueuer:
 
     def enqueue(self, job_id: int) -> bool:
         """Send the job's task; True once the broker has it and the job is ``queued``."""
+        return bool(self.enqueue_many([job_id]))
+
+    def enqueue_many(self, job_ids: list[int]) -> list[int]:
+        """Send each job's task, then mark those the broker took ``queued`` in one transaction;
+        returns their ids (the rest stay ``received`` for the sweeper)."""
         if not self.available:
-            return False
+            return []
         app = self._app()
-        try:
-            app.send_task(
-                TaskName.SEGMENT_SERIES.value,
-                kwargs={"job_id": job_id},
-                queue=QueueName.SEGMENT.value,
-                retry=True,
-                retry_policy=RETRY_POLICY,
-            )
-        except self._send_errors as error:
-            self._down_until = time.monotonic() + BACKOFF_S
-            if not self._down_logged:
-                logger.warning("broker_unreachable job=%d stays=received error=%s", job_id, error)
-                self._down_logged = True
-            self._metrics.jobs.labels("enqueue_failed").inc()
-            return False
+        sent: list[int] = []
+        for job_id in job_ids:
+            try:
+                app.send_task(
+                    TaskName.SEGMENT_SERIES.value,
+                    kwargs={"job_id": job_id},
+                    queue=QueueName.SEGMENT.value,
+                    retry=True,
+                    retry_policy=RETRY_POLICY,
+                )
+            except self._send_errors as error:
+                self._down_until = time.monotonic() + BACKOFF_S
+                if not self._down_logged:
+                    logger.warning(
+                        "broker_unreachable job=%d stays=received error=%s", job_id, error
+                    )
+                    self._down_logged = True
+                self._metrics.jobs.labels("enqueue_failed").inc()
+                break
+            sent.append(job_id)
+        if not sent:
+            return []
         if self._down_logged:
             logger.info("broker_reachable_again")
             self._down_logged = False
-        self._metrics.jobs.labels("enqueued").inc()
+        self._metrics.jobs.labels("enqueued").inc(len(sent))
         try:
             with self._session_factory.begin() as session:
-                mark_queued(session, job_id, f"sent {TaskName.SEGMENT_SERIES.value}")
+                for job_id in sent:
+                    mark_queued(session, job_id, f"sent {TaskName.SEGMENT_SERIES.value}")
         except SQLAlchemyError as error:
-            # The task is in the broker; the worker accepts a job still 'received'.
-            logger.warning("job_not_marked_queued job=%d error=%s", job_id, error)
-        logger.info("job_enqueued job=%d task=%s", job_id, TaskName.SEGMENT_SERIES.value)
-        return True
+            # The tasks are in the broker; the worker accepts a job still 'received'.
+            logger.warning("jobs_not_marked_queued jobs=%s error=%s", sent, error)
+        for job_id in sent:
+            logger.info("job_enqueued job=%d task=%s", job_id, TaskName.SEGMENT_SERIES.value)
+        return sent

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +63,12 @@ class Spool:
                 raise ValueError(f"{name} UID {uid[:80]!r} is not a valid UID (PS3.5 9.1)")
         return self.root / study_uid / series_uid / f"{sop_uid}{SUFFIX}"
 
-    def write(self, path: Path, *chunks: bytes) -> Stored:
+    def write(self, path: Path, *chunks: bytes, digest: Callable[[], str] | None = None) -> Stored:
         """Write ``chunks`` to ``path`` atomically and durably; nothing is left on failure.
+
+        ``digest``, when given, returns the SHA-256 hex digest of the chunks, computed elsewhere
+        (the handler hashes on another core while it parses; hashlib releases the GIL); it is
+        called after the data are on disk.
 
         Raises
         ------
@@ -72,7 +76,7 @@ class Spool:
             When the folder cannot be created or the disk refuses the write; no file (partial or
             final) is left behind.
         """
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256() if digest is None else None
         size = 0
         created = self._make_dirs(path.parent)
         partial = path.with_name(
@@ -86,7 +90,8 @@ class Spool:
                     while view:
                         written = os.write(fd, view)
                         view = view[written:]
-                    digest.update(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     size += len(chunk)
                 os.fsync(fd)
             finally:
@@ -97,7 +102,10 @@ class Spool:
             raise
         for folder in {path.parent, *created}:
             _fsync_dir(folder)
-        return Stored(path=path, size_bytes=size, content_digest=digest.hexdigest())
+        content_digest = digest() if hasher is None and digest is not None else ""
+        if hasher is not None:
+            content_digest = hasher.hexdigest()
+        return Stored(path=path, size_bytes=size, content_digest=content_digest)
 
     def _make_dirs(self, folder: Path) -> list[Path]:
         """Create ``folder`` and its missing parents; return the parents whose entries changed."""

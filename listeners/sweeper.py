@@ -36,6 +36,7 @@ from pipeline.tasks.names import QueueName, TaskName
 
 logger = logging.getLogger(__name__)
 
+ARRIVAL_BATCH = 64  # arrivals checked in one transaction at most
 ENQUEUE_GRACE_S = 1.0  # a job younger than this is still on its way through the arrival path
 # Lost-message safety net: how often to look, and how overdue an export must be to be resent.
 RESEND_EVERY_S = 30.0
@@ -89,7 +90,13 @@ class Sweeper(threading.Thread):
             except queue.Empty:
                 arrival = None
             if arrival is not None:
-                self._guarded(self.on_arrival, arrival)
+                batch = [arrival]
+                while len(batch) < ARRIVAL_BATCH:  # what came meanwhile: one transaction
+                    try:
+                        batch.append(self._arrivals.get_nowait())
+                    except queue.Empty:
+                        break
+                self._guarded(self.on_arrivals, batch)
             if time.monotonic() >= next_sweep:
                 self._guarded(self.sweep)
                 next_sweep = time.monotonic() + self.interval_s
@@ -115,9 +122,30 @@ class Sweeper(threading.Thread):
 
     def on_arrival(self, arrival: Arrival) -> None:
         """Open and enqueue the job this arrival completes, if it completes one."""
-        self._open_and_enqueue(
-            self.jobs.on_arrival, arrival.series_id, arrival.sop_instance_uid, arrival.view
-        )
+        self.on_arrivals([arrival])
+
+    def on_arrivals(self, arrivals: list[Arrival]) -> None:
+        """Open the jobs these arrivals complete in one transaction, then enqueue them.
+
+        Under load (many associations) arrivals queue up while the previous batch commits, so
+        one commit serves many; each arrival has its own savepoint, so a concurrent opener's
+        IntegrityError costs only that arrival's job (the sweep opens it if it is still due).
+        """
+        job_ids: list[int] = []
+        with self.session_factory.begin() as session:
+            for arrival in arrivals:
+                try:
+                    with session.begin_nested():
+                        job = self.jobs.on_arrival(
+                            session, arrival.series_id, arrival.sop_instance_uid, arrival.view
+                        )
+                except IntegrityError:
+                    continue  # another opener committed the same idempotency key first
+                if job is not None:
+                    job_ids.append(job.id)
+        self.metrics.jobs.labels("opened").inc(len(job_ids))
+        if job_ids:
+            self.enqueuer.enqueue_many(job_ids)
 
     def sweep(self) -> None:
         """Recover once, then open jobs for complete or quiet series and enqueue pending jobs."""

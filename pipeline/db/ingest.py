@@ -62,6 +62,14 @@ def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
     ).one_or_none()
 
 
+def has_instance(session: Session, sop_instance_uid: str) -> bool:
+    """Whether ``sop_instance_uid`` was received before (an id lookup: no row is loaded)."""
+    found = session.scalar(
+        select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid).limit(1)
+    )
+    return found is not None
+
+
 def upsert_study(session: Session, received: ReceivedInstance) -> Study:
     """The study row, created on first sight with the patient and study attributes."""
     study = session.scalars(
