@@ -27,6 +27,7 @@ from listeners.receive import Parsed, UnreadableDatasetError, parse, received_in
 from listeners.scp import Answer, Peer, StoreRequest
 from listeners.spool import Spool, Stored
 from pipeline.db import ingest
+from pipeline.db.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,17 @@ class Arrival:
 class ArrivalSink(Protocol):
     def notify(self, arrival: Arrival) -> None: ...
 
+    def opened(self, job_id: int) -> None: ...
+
+
+class JobOpener(Protocol):
+    """Opens the job an arrival completes, in the caller's transaction
+    (:class:`listeners.completeness.SeriesJobs`)."""
+
+    def on_arrival(
+        self, session: Session, series_id: int, sop_instance_uid: str, view: str | None
+    ) -> Job | None: ...
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -56,6 +68,8 @@ class Recorded:
 
     instance_id: int | None  # None when it was in already (a resend)
     series_id: int
+    checked: bool = False  # completeness was checked in the same transaction
+    job_id: int | None = None  # the job that transaction opened
 
 
 def record(
@@ -128,10 +142,17 @@ class RecordWriter(threading.Thread):
     its own instance, and a database that is down fails each with its own error.
     """
 
-    def __init__(self, session_factory: Sessions, model_version: str, batch: int = 64) -> None:
+    def __init__(
+        self,
+        session_factory: Sessions,
+        model_version: str,
+        batch: int = 64,
+        jobs: JobOpener | None = None,
+    ) -> None:
         super().__init__(name="bonescan-records", daemon=True)
         self.session_factory = session_factory
         self.model_version = model_version
+        self.jobs = jobs
         self.batch = batch
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
 
@@ -170,7 +191,7 @@ class RecordWriter(threading.Thread):
     def _commit(self, batch: list[_Pending]) -> None:
         try:
             with self.session_factory.begin() as session:
-                results = [_insert(session, p.item, self.model_version) for p in batch]
+                results = [self._insert_and_check(session, p.item) for p in batch]
         except SQLAlchemyError:
             for pending in batch:  # one by one: each gets its own outcome
                 self._file_alone(pending)
@@ -184,6 +205,20 @@ class RecordWriter(threading.Thread):
         for pending, result in zip(batch, results, strict=True):
             pending.result = result
             pending.done.set()
+
+    def _insert_and_check(self, session: Session, item: _Filing) -> Recorded:
+        """Insert, and open the job this instance completes in the same transaction: one commit
+        files a 2-frame scan and opens its job (a single view waits for its pair)."""
+        recorded = _insert(session, item, self.model_version)
+        classification = item.parsed.classification
+        if self.jobs is None or not classification.is_work:
+            return recorded
+        job = self.jobs.on_arrival(
+            session, recorded.series_id, item.parsed.sop_instance_uid, classification.view
+        )
+        return Recorded(
+            recorded.instance_id, recorded.series_id, True, job.id if job is not None else None
+        )
 
     def _file_alone(self, pending: _Pending) -> None:
         item = pending.item
@@ -290,7 +325,10 @@ class StoreHandlers:
         if recorded.instance_id is None:
             return self._duplicate(sop_uid, calling)
         self._accepted(parsed, stored, calling)
-        if parsed.classification.is_work:
+        if recorded.job_id is not None:
+            self.metrics.jobs.labels("opened").inc()
+            self.arrivals.opened(recorded.job_id)  # the sweeper enqueues it
+        elif parsed.classification.is_work and not recorded.checked:
             self.arrivals.notify(Arrival(recorded.series_id, sop_uid, parsed.classification.view))
         return Answer(SUCCESS)
 

@@ -71,13 +71,17 @@ class Sweeper(threading.Thread):
         self.interval_s = interval_s
         self.visibility_timeout_s = visibility_timeout_s
         self._next_resend = time.monotonic() + RESEND_EVERY_S
-        self._arrivals: queue.Queue[Arrival] = queue.Queue()
+        self._arrivals: queue.Queue[Arrival | int] = queue.Queue()
         self._stopping = threading.Event()
         self._recovered = False
 
     def notify(self, arrival: Arrival) -> None:
         """Queue an arrival for a completeness check (called from handler threads)."""
         self._arrivals.put(arrival)
+
+    def opened(self, job_id: int) -> None:
+        """Queue a job opened (and committed) with its last instance, to be enqueued."""
+        self._arrivals.put(job_id)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -124,28 +128,38 @@ class Sweeper(threading.Thread):
         """Open and enqueue the job this arrival completes, if it completes one."""
         self.on_arrivals([arrival])
 
-    def on_arrivals(self, arrivals: list[Arrival]) -> None:
-        """Open the jobs these arrivals complete in one transaction, then enqueue them.
+    def on_arrivals(self, arrivals: list[Arrival | int]) -> None:
+        """Enqueue the jobs opened with their instance (ints), and open and enqueue the jobs the
+        other arrivals complete, all checks in one transaction.
 
         Under load (many associations) arrivals queue up while the previous batch commits, so
-        one commit serves many; each arrival has its own savepoint, so a concurrent opener's
-        IntegrityError costs only that arrival's job (the sweep opens it if it is still due).
+        one commit serves many. A concurrent opener's IntegrityError sends the batch through one
+        transaction each, so it costs only that arrival's job (the sweep opens it if still due).
         """
-        job_ids: list[int] = []
-        with self.session_factory.begin() as session:
-            for arrival in arrivals:
-                try:
-                    with session.begin_nested():
-                        job = self.jobs.on_arrival(
-                            session, arrival.series_id, arrival.sop_instance_uid, arrival.view
-                        )
-                except IntegrityError:
-                    continue  # another opener committed the same idempotency key first
-                if job is not None:
-                    job_ids.append(job.id)
-        self.metrics.jobs.labels("opened").inc(len(job_ids))
+        job_ids = [a for a in arrivals if isinstance(a, int)]
+        checks = [a for a in arrivals if not isinstance(a, int)]
+        if checks:
+            try:
+                opened = self._open_for(checks)
+            except IntegrityError:
+                opened = []
+                for arrival in checks:
+                    try:
+                        opened += self._open_for([arrival])
+                    except IntegrityError:
+                        continue  # another opener committed the same idempotency key first
+            self.metrics.jobs.labels("opened").inc(len(opened))
+            job_ids += opened
         if job_ids:
             self.enqueuer.enqueue_many(job_ids)
+
+    def _open_for(self, arrivals: list[Arrival]) -> list[int]:
+        with self.session_factory.begin() as session:
+            jobs = [
+                self.jobs.on_arrival(session, a.series_id, a.sop_instance_uid, a.view)
+                for a in arrivals
+            ]
+            return [job.id for job in jobs if job is not None]
 
     def sweep(self) -> None:
         """Recover once, then open jobs for complete or quiet series and enqueue pending jobs."""
