@@ -60,6 +60,12 @@ class Enqueuer:
             self._celery = make_celery(self._settings)
         return self._celery
 
+    def warm_up(self) -> None:
+        """Load Celery, kombu and redis now (the sweeper's first step, after the port is open),
+        not inside the first scan's enqueue: the import takes most of a second."""
+        if self._broker_url is not None:
+            self._app()
+
     @property
     def available(self) -> bool:
         """False without a broker URL, or while backing off after a failed send."""
