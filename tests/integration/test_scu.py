@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -278,12 +279,26 @@ def test_peer_aborting_during_the_store_is_retryable(
         send(aborting.destination, scan.nm)
 
 
+def _settled_log(scp: StoreScp, quiet_s: float = 0.5, timeout_s: float = 10.0) -> str:
+    """storescp's log once it has not changed for ``quiet_s`` (it logs the fixture's readiness
+    probe asynchronously; counting before that line lands made this test flaky)."""
+    deadline = time.monotonic() + timeout_s
+    text = scp.log()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        again = scp.log()
+        if again == text:
+            return text
+        text = again
+    return text
+
+
 def test_unreadable_file_fails_permanently_without_contacting_the_peer(
     tmp_path: Path, storescp: StoreScp
 ) -> None:
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"this is not DICOM" * 20)
-    associations = storescp.log().count("Association Received")  # the readiness probe's
+    associations = _settled_log(storescp).count("Association Received")  # the readiness probe's
 
     with pytest.raises(PermanentError, match=r"cannot read DICOM file garbage\.dcm"):
         send(storescp.destination, garbage)
