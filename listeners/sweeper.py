@@ -74,6 +74,9 @@ class Sweeper(threading.Thread):
         self._arrivals: queue.Queue[Arrival | int] = queue.Queue()
         self._stopping = threading.Event()
         self._recovered = False
+        # Files and partials from before this moment belong to an earlier run; newer ones may be
+        # in flight in this one (written, not yet committed) and are not the recovery's business.
+        self._started_wall = time.time()
 
     def notify(self, arrival: Arrival) -> None:
         """Queue an arrival for a completeness check (called from handler threads)."""
@@ -204,9 +207,14 @@ class Sweeper(threading.Thread):
         return self.jobs.on_sweep(session, series_id, quiet=quiet)
 
     def recover(self) -> None:
-        """Remove partial files; file spooled instances that have no row."""
-        self.spool.remove_partials()
-        files = [str(path) for path in self.spool.files()]
+        """Remove partial files and file spooled instances that have no row, of earlier runs.
+
+        It runs while associations are already being served (the port opens first), so it only
+        touches what is older than this sweeper: a newer partial is being written, a newer file
+        without a row is between its rename and its commit.
+        """
+        self.spool.remove_partials(older_than_s=max(0.0, time.time() - self._started_wall))
+        files = [str(path) for path in self.spool.files() if self._before_start(path)]
         with self.session_factory() as session:
             known = ingest.spooled_paths(session, files)
         orphans = [Path(path) for path in files if path not in known]
@@ -214,6 +222,12 @@ class Sweeper(threading.Thread):
             self._recover_file(path)
         if orphans:
             logger.warning("spool_orphans_recovered count=%d", len(orphans))
+
+    def _before_start(self, path: Path) -> bool:
+        try:
+            return path.stat().st_mtime < self._started_wall
+        except FileNotFoundError:
+            return False
 
     def _recover_file(self, path: Path) -> None:
         data = path.read_bytes()

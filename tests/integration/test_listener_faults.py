@@ -179,3 +179,32 @@ def test_sigterm_mid_association_lets_it_complete(
     assert sender.returncode == 0, output
     assert listener.process.wait(timeout=30) == 0
     assert len(listener.instances()) == len(files)
+
+
+def test_spooled_file_whose_row_was_lost_is_filed_after_a_restart(
+    start_listener: StartListener, tmp_path: Path
+) -> None:
+    """A power cut after the fsynced rename but before the commit leaves a spool file without its
+    row: the restarted listener's recovery files it (and opens its job)."""
+    from sqlalchemy import delete
+
+    from pipeline.db.models import Instance, Job, JobEvent
+
+    listener = start_listener()
+    listener.storescu(factory.save(factory.nm_whole_body(), tmp_path / "scan.dcm"))
+    wait_for(lambda: len(listener.jobs()) == 1, timeout=30, what="the job of the scan")
+    assert listener.stop() == 0
+    with listener.session() as session:  # the commit that the power cut lost
+        session.execute(delete(JobEvent))
+        session.execute(delete(Job))
+        session.execute(delete(Instance))
+        session.commit()
+    listener.stop()  # disposes the test's engine
+
+    again = start_listener(
+        data_dir=listener.data_dir, database_url=listener.database_url, migrate=False
+    )
+    wait_for(lambda: len(again.instances()) == 1, timeout=60, what="the orphan filed")
+    wait_for(lambda: len(again.jobs()) == 1, timeout=60, what="its job opened")
+    assert "spool_orphans_recovered count=1" in again.log()
+    assert again.instances()[0].spool_path == str(listener.spool_files()[0])
