@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
 from listeners.receive import Parsed, UnreadableDatasetError, parse, received_instance
-from listeners.scp import Answer, Peer, StoreRequest
+from listeners.scp import CANNOT_UNDERSTAND, SUCCESS, Answer, Peer, StoreRequest
 from listeners.spool import Spool, Stored
 from pipeline.db import ingest
 from pipeline.db.models import Job
@@ -32,10 +32,8 @@ from pipeline.db.models import Job
 logger = logging.getLogger(__name__)
 
 # PS3.7 C.4.2.1.4 / PS3.4 B.2.3 statuses of a C-STORE response.
-SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the sender keeps the instance and retries later
 DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
-CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True)
@@ -123,6 +121,20 @@ def _insert(session: Session, item: _Filing, model_version: str) -> Recorded:
     return Recorded(instance.id, instance.series_id)
 
 
+T = TypeVar("T")
+
+
+def take_batch(source: queue.Queue[T], first: T, limit: int) -> list[T]:
+    """``first`` and whatever else ``source`` holds right now, ``limit`` items at most."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            batch.append(source.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
 class _Pending:
     def __init__(self, item: _Filing) -> None:
         self.item = item
@@ -173,20 +185,12 @@ class RecordWriter(threading.Thread):
 
     def run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            taken = take_batch(self._queue, self._queue.get(), self.batch)
+            batch = [pending for pending in taken if pending is not None]
+            if batch:
+                self._commit(batch)
+            if None in taken:  # stop() was called: what came before it is committed
                 return
-            batch = [first]
-            while len(batch) < self.batch:
-                try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if following is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(following)
-            self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -252,14 +256,14 @@ class StoreHandlers:
         metrics: ListenerMetrics,
         model_version: str,
         *,
-        writer: RecordWriter | None = None,
+        writer: RecordWriter,
     ) -> None:
         self.spool = spool
         self.session_factory = session_factory
         self.arrivals = arrivals
         self.metrics = metrics
         self.model_version = model_version
-        self.writer = writer or RecordWriter(session_factory, model_version)
+        self.writer = writer  # started and stopped by its owner (the listener)
         self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-hash")
 
     def accepted(self, peer: Peer) -> None:

@@ -32,7 +32,6 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -80,6 +79,7 @@ ABORT_UNRECOGNIZED_PDU, ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x01, 0x
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP, C_CANCEL_RQ = 0x0001, 0x8001, 0x0030, 0x8030, 0x0FFF
 NO_DATA_SET = 0x0101
 UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.5.3 (as pynetdicom and dcmtk answer it)
+# PS3.7 C.4.2.1.4 / PS3.4 B.2.3 statuses this layer answers itself (the service has more)
 SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC000
 
 
@@ -99,7 +99,6 @@ class Peer:
     port: int
     calling_ae_title: str = ""
     called_ae_title: str = ""
-    implementation_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,6 @@ class Association:
         self.sock = sock
         self.peer = Peer(address=address[0], port=address[1])
         self.contexts: dict[int, PresentationContext] = {}
-        self.peer_max_pdu = 0
         self.established = False
         self._header = bytearray(6)
         self._send_lock = threading.Lock()
@@ -288,8 +286,6 @@ class Association:
             raise ProtocolError(f"A-ASSOCIATE-RQ not decodable: {type(error).__name__}") from None
         self.peer.calling_ae_title = str(request.calling_ae_title).strip()
         self.peer.called_ae_title = str(request.called_ae_title).strip()
-        self.peer.implementation_class_uid = str(request.implementation_class_uid or "")
-        self.peer_max_pdu = int(request.maximum_length_received or 0)
         rejection = self.server.check(rq, request, self)
         if rejection is not None:
             result, source, reason = rejection
@@ -450,11 +446,6 @@ class StoreServer:
     def start(self) -> None:
         self._thread.start()
 
-    @property
-    def active(self) -> int:
-        with self._lock:
-            return sum(1 for a in self._active if a.established)
-
     def _accept_loop(self) -> None:
         while not self._closing.is_set():
             try:
@@ -545,7 +536,7 @@ class StoreServer:
         pdu.from_primitive(ac)
         return bytes(pdu.encode())
 
-    def shutdown(self, grace_s: float, on_abort: Callable[[int], None] | None = None) -> int:
+    def shutdown(self, grace_s: float) -> int:
         """Stop accepting; wait up to ``grace_s`` for running associations; abort the rest.
 
         Returns how many associations were aborted.
@@ -559,6 +550,4 @@ class StoreServer:
         for association in left:
             association.send_abort(0x02, 0x00)
             association.close()
-        if on_abort is not None:
-            on_abort(len(left))
         return len(left)

@@ -76,7 +76,9 @@ class Spool:
             When the folder cannot be created or the disk refuses the write; no file (partial or
             final) is left behind.
         """
-        hasher = hashlib.sha256() if digest is None else None
+        hasher = hashlib.sha256()
+        hash_here = digest is None
+        content_digest = digest or hasher.hexdigest  # called once every chunk is on disk
         size = 0
         created = self._make_dirs(path.parent)
         partial = path.with_name(
@@ -90,7 +92,7 @@ class Spool:
                     while view:
                         written = os.write(fd, view)
                         view = view[written:]
-                    if hasher is not None:
+                    if hash_here:
                         hasher.update(chunk)
                     size += len(chunk)
                 os.fsync(fd)
@@ -102,10 +104,7 @@ class Spool:
             raise
         for folder in {path.parent, *created}:
             _fsync_dir(folder)
-        content_digest = digest() if hasher is None and digest is not None else ""
-        if hasher is not None:
-            content_digest = hasher.hexdigest()
-        return Stored(path=path, size_bytes=size, content_digest=content_digest)
+        return Stored(path=path, size_bytes=size, content_digest=content_digest())
 
     def _make_dirs(self, folder: Path) -> list[Path]:
         """Create ``folder`` and its missing parents; return the parents whose entries changed."""

@@ -4,8 +4,9 @@
   complete series opens a job, which is enqueued after its commit.
 - Every ``interval_s`` it sweeps: series without a job that are complete or quiet for
   ``quiet_seconds`` get one; jobs still ``received`` (the broker was down) are enqueued.
-- At start-up it recovers: partial files are removed, and spooled files that have no row (the
-  process died between rename and commit) are filed, so their series can complete.
+- At start-up it recovers: spooled files that have no row (the process died between rename and
+  commit) are filed, so their series can complete (the listener removed partial files before
+  it opened its port).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from listeners.completeness import SeriesJobs
 from listeners.database import Sessions
 from listeners.enqueue import Enqueuer
-from listeners.handlers import Arrival, record
+from listeners.handlers import Arrival, record, take_batch
 from listeners.metrics import ListenerMetrics
 from listeners.receive import UnreadableDatasetError, parse
 from listeners.spool import Spool, Stored
@@ -74,7 +75,7 @@ class Sweeper(threading.Thread):
         self._arrivals: queue.Queue[Arrival | int] = queue.Queue()
         self._stopping = threading.Event()
         self._recovered = False
-        # Files and partials from before this moment belong to an earlier run; newer ones may be
+        # Files from before this moment belong to an earlier run; newer ones may be
         # in flight in this one (written, not yet committed) and are not the recovery's business.
         self._started_wall = time.time()
 
@@ -97,14 +98,8 @@ class Sweeper(threading.Thread):
                 arrival = self._arrivals.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:
                 arrival = None
-            if arrival is not None:
-                batch = [arrival]
-                while len(batch) < ARRIVAL_BATCH:  # what came meanwhile: one transaction
-                    try:
-                        batch.append(self._arrivals.get_nowait())
-                    except queue.Empty:
-                        break
-                self._guarded(self.on_arrivals, batch)
+            if arrival is not None:  # with what came meanwhile: one transaction
+                self._guarded(self.on_arrivals, take_batch(self._arrivals, arrival, ARRIVAL_BATCH))
             if time.monotonic() >= next_sweep:
                 self._guarded(self.sweep)
                 next_sweep = time.monotonic() + self.interval_s
@@ -127,10 +122,6 @@ class Sweeper(threading.Thread):
         if job_id is not None:
             self.metrics.jobs.labels("opened").inc()
             self.enqueuer.enqueue(job_id)
-
-    def on_arrival(self, arrival: Arrival) -> None:
-        """Open and enqueue the job this arrival completes, if it completes one."""
-        self.on_arrivals([arrival])
 
     def on_arrivals(self, arrivals: list[Arrival | int]) -> None:
         """Enqueue the jobs opened with their instance (ints), and open and enqueue the jobs the
@@ -207,13 +198,13 @@ class Sweeper(threading.Thread):
         return self.jobs.on_sweep(session, series_id, quiet=quiet)
 
     def recover(self) -> None:
-        """Remove partial files and file spooled instances that have no row, of earlier runs.
+        """File spooled instances of earlier runs that have no row.
 
         It runs while associations are already being served (the port opens first), so it only
-        touches what is older than this sweeper: a newer partial is being written, a newer file
-        without a row is between its rename and its commit.
+        touches files older than this sweeper: a newer file without a row is between its rename
+        and its commit. (Partial files of earlier runs were removed before the port opened:
+        :meth:`listeners.app.Listener.start`.)
         """
-        self.spool.remove_partials(older_than_s=max(0.0, time.time() - self._started_wall))
         files = [str(path) for path in self.spool.files() if self._before_start(path)]
         with self.session_factory() as session:
             known = ingest.spooled_paths(session, files)
