@@ -122,9 +122,7 @@ class Listener:
             quiet_seconds=listener.quiet_seconds,
             visibility_timeout_s=settings.worker.visibility_timeout_seconds,
         )
-        self.writer = RecordWriter(
-            self.session_factory, self.model_version, jobs=SeriesJobs(self.model_version)
-        )
+        self.writer = RecordWriter(self.session_factory, self.model_version)
         self.handlers = StoreHandlers(
             self.spool,
             self.session_factory,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from pipeline.db.session import make_session_factory
@@ -26,11 +26,16 @@ class Sessions(Protocol):
 
     def begin(self) -> AbstractContextManager[Session]: ...
 
+    def connect(self) -> AbstractContextManager[Connection]: ...
+
+    def transaction(self) -> AbstractContextManager[Connection]: ...
+
 
 class ListenerSessions:
     """A session factory whose ``begin()`` serialises writers on SQLite (see the module doc)."""
 
     def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._factory = make_session_factory(engine)
         serialise = engine.dialect.name == "sqlite"
         self._lock: AbstractContextManager[object] = (
@@ -44,3 +49,13 @@ class ListenerSessions:
     def begin(self) -> Iterator[Session]:
         with self._lock, self._factory.begin() as session:
             yield session
+
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A Core connection for reads (the hot path's lookups)."""
+        return self._engine.connect()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core write transaction (committed on exit), serialised like :meth:`begin`."""
+        with self._lock, self._engine.begin() as connection:
+            yield connection

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
-from pipeline.db.ingest import mark_queued
+from pipeline.db import filing
 from pipeline.settings import Settings
 from pipeline.tasks.names import QueueName, TaskName
 
@@ -125,9 +125,8 @@ class Enqueuer:
             self._down_logged = False
         self._metrics.jobs.labels("enqueued").inc(len(sent))
         try:
-            with self._session_factory.begin() as session:
-                for job_id in sent:
-                    mark_queued(session, job_id, f"sent {TaskName.SEGMENT_SERIES.value}")
+            with self._session_factory.transaction() as connection:
+                filing.mark_queued(connection, sent, f"sent {TaskName.SEGMENT_SERIES.value}")
         except SQLAlchemyError as error:
             # The tasks are in the broker; the worker accepts a job still 'received'.
             logger.warning("jobs_not_marked_queued jobs=%s error=%s", sent, error)

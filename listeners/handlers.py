@@ -18,16 +18,20 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
 
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
-from listeners.receive import Parsed, UnreadableDatasetError, parse, received_instance
+from listeners.receive import (
+    Parsed,
+    UnreadableDatasetError,
+    parse_header,
+    received_instance,
+)
 from listeners.scp import CANNOT_UNDERSTAND, SUCCESS, Answer, Peer, StoreRequest
 from listeners.spool import Spool, Stored
-from pipeline.db import ingest
-from pipeline.db.models import Job
+from pipeline.db import filing
+from pipeline.db.ingest import ReceivedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -51,23 +55,13 @@ class ArrivalSink(Protocol):
     def opened(self, job_id: int) -> None: ...
 
 
-class JobOpener(Protocol):
-    """Opens the job an arrival completes, in the caller's transaction
-    (:class:`listeners.completeness.SeriesJobs`)."""
-
-    def on_arrival(
-        self, session: Session, series_id: int, sop_instance_uid: str, view: str | None
-    ) -> Job | None: ...
-
-
 @dataclass(frozen=True)
 class Recorded:
     """The outcome of filing one instance."""
 
     instance_id: int | None  # None when it was in already (a resend)
     series_id: int
-    checked: bool = False  # completeness was checked in the same transaction
-    job_id: int | None = None  # the job that transaction opened
+    job_id: int | None = None  # the job its commit opened (a 2-frame scan, complete on arrival)
 
 
 def record(
@@ -78,25 +72,20 @@ def record(
     calling_ae_title: str,
     called_ae_title: str | None,
     model_version: str,
+    open_scans: bool = False,
 ) -> Recorded:
-    """Commit the instance row (and a ``skipped`` job for a series that is not a bone scan).
+    """Commit the instance row (and a ``skipped`` job for a series that is not a bone scan;
+    with ``open_scans`` the job of a 2-frame scan).
 
-    A concurrent insert of the same study or series is retried; the same SOP instance already
-    in is reported with ``instance_id=None``. Raises ``SQLAlchemyError`` when the database fails.
+    The same SOP instance already in is reported with ``instance_id=None``. Raises
+    ``SQLAlchemyError`` when the database fails.
     """
     item = _Filing(parsed, stored, calling_ae_title, called_ae_title)
-    for attempt in range(3):
-        try:
-            with session_factory.begin() as session:
-                return _insert(session, item, model_version)
-        except IntegrityError:
-            with session_factory() as session:
-                existing = ingest.find_instance(session, parsed.sop_instance_uid)
-                if existing is not None:
-                    return Recorded(None, existing.series_id)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    with session_factory.transaction() as connection:
+        [filed] = filing.file_instances(
+            connection, [item.row()], model_version, open_scans=open_scans
+        )
+    return Recorded(filed.instance_id, filed.series_id, filed.job_id)
 
 
 @dataclass(frozen=True)
@@ -106,19 +95,13 @@ class _Filing:
     calling_ae_title: str
     called_ae_title: str | None
 
-
-def _insert(session: Session, item: _Filing, model_version: str) -> Recorded:
-    row = received_instance(
-        item.parsed,
-        item.stored,
-        calling_ae_title=item.calling_ae_title,
-        called_ae_title=item.called_ae_title,
-    )
-    instance = ingest.add_instance(session, row)
-    reason = item.parsed.classification.reason
-    if reason is not None:
-        ingest.open_skipped_job(session, instance.series, reason, model_version)
-    return Recorded(instance.id, instance.series_id)
+    def row(self) -> ReceivedInstance:
+        return received_instance(
+            self.parsed,
+            self.stored,
+            calling_ae_title=self.calling_ae_title,
+            called_ae_title=self.called_ae_title,
+        )
 
 
 T = TypeVar("T")
@@ -149,22 +132,16 @@ class RecordWriter(threading.Thread):
     A handler thread hands its instance over and waits for the commit. Rows that arrive while a
     transaction commits go into the next one, so under many associations one commit serves
     many instances, and only this thread writes instance rows (no queue of handler threads on
-    SQLite's single writer lock, each slowed by the others holding the GIL). If a batch fails,
-    its instances are filed one by one with :func:`record`, so a duplicate or a race costs only
-    its own instance, and a database that is down fails each with its own error.
+    SQLite's single writer lock, each slowed by the others holding the GIL). The same commit
+    opens the job of each 2-frame scan (complete on arrival: DESIGN.md). If a batch fails, its
+    instances are filed one by one with :func:`record`, so a bad row costs only its own
+    instance, and a database that is down fails each with its own error.
     """
 
-    def __init__(
-        self,
-        session_factory: Sessions,
-        model_version: str,
-        batch: int = 64,
-        jobs: JobOpener | None = None,
-    ) -> None:
+    def __init__(self, session_factory: Sessions, model_version: str, batch: int = 64) -> None:
         super().__init__(name="bonescan-records", daemon=True)
         self.session_factory = session_factory
         self.model_version = model_version
-        self.jobs = jobs
         self.batch = batch
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
 
@@ -194,8 +171,9 @@ class RecordWriter(threading.Thread):
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            with self.session_factory.begin() as session:
-                results = [self._insert_and_check(session, p.item) for p in batch]
+            rows = [pending.item.row() for pending in batch]
+            with self.session_factory.transaction() as connection:
+                filed = filing.file_instances(connection, rows, self.model_version)
         except SQLAlchemyError:
             for pending in batch:  # one by one: each gets its own outcome
                 self._file_alone(pending)
@@ -206,23 +184,9 @@ class RecordWriter(threading.Thread):
                 pending.error = SQLAlchemyError("record writer failed")
                 pending.done.set()
             return
-        for pending, result in zip(batch, results, strict=True):
-            pending.result = result
+        for pending, outcome in zip(batch, filed, strict=True):
+            pending.result = Recorded(outcome.instance_id, outcome.series_id, outcome.job_id)
             pending.done.set()
-
-    def _insert_and_check(self, session: Session, item: _Filing) -> Recorded:
-        """Insert, and open the job this instance completes in the same transaction: one commit
-        files a 2-frame scan and opens its job (a single view waits for its pair)."""
-        recorded = _insert(session, item, self.model_version)
-        classification = item.parsed.classification
-        if self.jobs is None or not classification.is_work:
-            return recorded
-        job = self.jobs.on_arrival(
-            session, recorded.series_id, item.parsed.sop_instance_uid, classification.view
-        )
-        return Recorded(
-            recorded.instance_id, recorded.series_id, True, job.id if job is not None else None
-        )
 
     def _file_alone(self, pending: _Pending) -> None:
         item = pending.item
@@ -234,6 +198,7 @@ class RecordWriter(threading.Thread):
                 calling_ae_title=item.calling_ae_title,
                 called_ae_title=item.called_ae_title,
                 model_version=self.model_version,
+                open_scans=True,
             )
         except SQLAlchemyError as error:
             pending.error = error
@@ -300,25 +265,35 @@ class StoreHandlers:
         sop_uid = request.sop_instance_uid
         calling = peer.calling_ae_title
         header = PREAMBLE + file_meta(request, calling)
-        digest = self._hashing.submit(sha256_hex, header, request.data)  # on another core
+        # Both digests on other cores (hashlib releases the GIL) while the header is parsed and
+        # the file written.
+        content_digest = self._hashing.submit(sha256_hex, header, request.data)
         try:
-            parsed = parse(header + request.data, request.sop_class_uid)
+            received = parse_header(
+                header, request.data, request.sop_class_uid, request.transfer_syntax_uid
+            )
         except UnreadableDatasetError as error:
             return self._refuse(sop_uid, calling, CANNOT_UNDERSTAND, str(error))
+        pixel_digest = (
+            None if received.pixels is None else self._hashing.submit(sha256_hex, received.pixels)
+        )
+        parsed = received.parsed
         if parsed.sop_instance_uid != sop_uid:
             return self._refuse(
                 sop_uid, calling, DATASET_MISMATCH, "SOP Instance UID differs from the request's"
             )
         try:
-            with self.session_factory() as session:
-                if ingest.has_instance(session, sop_uid):
+            with self.session_factory.connect() as connection:
+                if filing.instance_exists(connection, sop_uid):
                     return self._duplicate(sop_uid, calling)
             path = self.spool.path_for(
                 parsed.study_instance_uid, parsed.series_instance_uid, sop_uid
             )
-            stored = self.spool.write(path, header, request.data, digest=digest.result)
+            stored = self.spool.write(path, header, request.data, digest=content_digest.result)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
+        if pixel_digest is not None:
+            parsed = received.with_pixel_digest(pixel_digest.result())
         try:
             recorded = self.writer.record(
                 parsed, stored, calling=calling, called=peer.called_ae_title
@@ -331,8 +306,15 @@ class StoreHandlers:
         self._accepted(parsed, stored, calling)
         if recorded.job_id is not None:
             self.metrics.jobs.labels("opened").inc()
+            logger.info(
+                "job_opened job=%d series=%s instances=1 reason=%s",
+                recorded.job_id,
+                parsed.series_instance_uid,
+                filing.COMPLETE_2_FRAME,
+            )
             self.arrivals.opened(recorded.job_id)  # the sweeper enqueues it
-        elif parsed.classification.is_work and not recorded.checked:
+        elif parsed.classification.is_work and parsed.classification.number_of_frames != 2:
+            # a single view may complete a pair: the sweeper checks the series
             self.arrivals.notify(Arrival(recorded.series_id, sop_uid, parsed.classification.view))
         return Answer(SUCCESS)
 
@@ -387,7 +369,7 @@ IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii")
 IMPLEMENTATION_VERSION = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
 
 
-def sha256_hex(*chunks: bytes) -> str:
+def sha256_hex(*chunks: bytes | memoryview) -> str:
     """SHA-256 hex digest of the concatenated ``chunks``."""
     hasher = hashlib.sha256()
     for chunk in chunks:

@@ -63,7 +63,9 @@ class Spool:
                 raise ValueError(f"{name} UID {uid[:80]!r} is not a valid UID (PS3.5 9.1)")
         return self.root / study_uid / series_uid / f"{sop_uid}{SUFFIX}"
 
-    def write(self, path: Path, *chunks: bytes, digest: Callable[[], str] | None = None) -> Stored:
+    def write(
+        self, path: Path, *chunks: bytes | memoryview, digest: Callable[[], str] | None = None
+    ) -> Stored:
         """Write ``chunks`` to ``path`` atomically and durably; nothing is left on failure.
 
         ``digest``, when given, returns the SHA-256 hex digest of the chunks, computed elsewhere

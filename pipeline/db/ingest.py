@@ -139,10 +139,21 @@ def idempotency_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def combine_pixel_digests(pixel_digests: Iterable[str | None]) -> str:
+    """One digest over pixel digests given in SOP Instance UID order."""
+    text = "\n".join(digest or "" for digest in pixel_digests)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def combined_pixel_digest(instances: Sequence[Instance]) -> str:
     """One digest over the pixel digests of ``instances``, in SOP Instance UID order."""
     ordered = sorted(instances, key=lambda instance: instance.sop_instance_uid)
-    text = "\n".join(instance.pixel_digest or "" for instance in ordered)
+    return combine_pixel_digests(instance.pixel_digest for instance in ordered)
+
+
+def skipped_job_key(series_instance_uid: str, model_version: str) -> str:
+    """The idempotency key of a series' ``skipped`` job (one per series and model version)."""
+    text = f"skipped\n{series_instance_uid}\n{model_version}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -219,12 +230,11 @@ def open_skipped_job(
     """Record once per series that it is not a whole-body bone scan (state ``skipped``)."""
     if session.scalar(select(func.count(Job.id)).where(Job.series_id == series.id)):
         return None
-    key = hashlib.sha256(f"skipped\n{series.series_instance_uid}\n{model_version}".encode())
     job = Job(
         series_id=series.id,
         model_version=model_version,
         generation=0,
-        idempotency_key=key.hexdigest(),
+        idempotency_key=skipped_job_key(series.series_instance_uid, model_version),
         state=JobState.SKIPPED,
         error=reason,
     )
