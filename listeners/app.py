@@ -140,7 +140,7 @@ class Listener:
         listener = self.settings.listener
         self.spool.root.mkdir(parents=True, exist_ok=True)
         self.spool.remove_partials()  # nothing writes yet: every partial is a crash's leftover
-        self.writer.start()
+        self.enqueuer.warm_up()  # Celery loads now, not while the first scans are filed
         address = (listener.host, listener.port)
         tls = ssl_context(listener)
         self.server = StoreServer(self.ae, self.handlers, address, ssl_context=tls)
@@ -172,8 +172,6 @@ class Listener:
         aborted = self.server.shutdown(grace) if self.server is not None else 0
         # running associations went on until they ended or the grace ran out
         logger.info("stopped associations_aborted=%d grace_s=%.0f", aborted, grace)
-        self.writer.stop()
-        self.writer.join(timeout=5)
         self.sweeper.stop()
         self.sweeper.join(timeout=5)
         self.engine.dispose()

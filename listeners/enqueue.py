@@ -50,7 +50,7 @@ class Enqueuer:
 
     def _app(self) -> Any:
         if self._celery is None:
-            # Celery, kombu and redis load on first use, not at start-up (time to listening).
+            # Celery, kombu and redis load in warm_up(), or on first use.
             from kombu.exceptions import KombuError  # noqa: PLC0415
             from redis.exceptions import RedisError  # noqa: PLC0415
 
@@ -61,8 +61,9 @@ class Enqueuer:
         return self._celery
 
     def warm_up(self) -> None:
-        """Load Celery, kombu and redis now (the sweeper's first step, after the port is open),
-        not inside the first scan's enqueue: the import takes most of a second."""
+        """Load Celery, kombu and redis now (before the port opens), not while the first scans
+        arrive: the import takes most of a second of the one interpreter lock. Nothing
+        connects to the broker here, so a broker that is down does not delay listening."""
         if self._broker_url is not None:
             self._app()
 

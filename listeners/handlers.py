@@ -107,7 +107,7 @@ class _Filing:
 T = TypeVar("T")
 
 
-def take_batch(source: queue.Queue[T], first: T, limit: int) -> list[T]:
+def take_batch(source: queue.Queue[T] | queue.SimpleQueue[T], first: T, limit: int) -> list[T]:
     """``first`` and whatever else ``source`` holds right now, ``limit`` items at most."""
     batch = [first]
     while len(batch) < limit:
@@ -126,48 +126,55 @@ class _Pending:
         self.error: SQLAlchemyError | None = None
 
 
-class RecordWriter(threading.Thread):
+class RecordWriter:
     """Commits the instance rows of all associations, many per transaction (group commit).
 
-    A handler thread hands its instance over and waits for the commit. Rows that arrive while a
-    transaction commits go into the next one, so under many associations one commit serves
-    many instances, and only this thread writes instance rows (no queue of handler threads on
-    SQLite's single writer lock, each slowed by the others holding the GIL). The same commit
-    opens the job of each 2-frame scan (complete on arrival: DESIGN.md). If a batch fails, its
-    instances are filed one by one with :func:`record`, so a bad row costs only its own
-    instance, and a database that is down fails each with its own error.
+    Leader and followers, no thread of its own: a handler queues its instance, and whichever
+    handler holds the commit lock (the leader) commits everything queued, in batches, until the
+    queue is empty. With one association the handler commits its own row at once, with no
+    hand-over to another thread; with many, rows that arrive while a transaction commits go
+    into the next one, so one commit serves many and there is no queue of threads on SQLite's
+    single writer lock. The same commit opens the job of each 2-frame scan (complete on
+    arrival: DESIGN.md). If a batch fails, its instances are filed one by one with
+    :func:`record`, so a bad row costs only its own instance, and a database that is down fails
+    each with its own error.
     """
 
+    FOLLOWER_WAIT_S = 0.5  # a follower's safety net: it re-checks the queue this often
+
     def __init__(self, session_factory: Sessions, model_version: str, batch: int = 64) -> None:
-        super().__init__(name="bonescan-records", daemon=True)
         self.session_factory = session_factory
         self.model_version = model_version
         self.batch = batch
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._leader = threading.Lock()
 
     def record(
         self, parsed: Parsed, stored: Stored, *, calling: str, called: str | None
     ) -> Recorded:
-        """Commit one instance row (see :func:`record`); blocks until it is committed."""
+        """Commit one instance row (see :func:`record`); returns once it is committed."""
         pending = _Pending(_Filing(parsed, stored, calling, called))
         self._queue.put(pending)
-        pending.done.wait()
+        while not pending.done.is_set():
+            self._lead()
+            pending.done.wait(self.FOLLOWER_WAIT_S)
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None  # set with done when error is None
         return pending.result
 
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def run(self) -> None:
-        while True:
-            taken = take_batch(self._queue, self._queue.get(), self.batch)
-            batch = [pending for pending in taken if pending is not None]
-            if batch:
-                self._commit(batch)
-            if None in taken:  # stop() was called: what came before it is committed
-                return
+    def _lead(self) -> None:
+        """Commit what is queued if no one else is; re-check after letting go, so that a row
+        queued while the previous leader was letting go is not left waiting."""
+        while not self._queue.empty():
+            if not self._leader.acquire(blocking=False):
+                return  # the leader will see it: it checks the queue after it lets go
+            try:
+                while not self._queue.empty():
+                    taken = take_batch(self._queue, self._queue.get(), self.batch)
+                    self._commit(taken)
+            finally:
+                self._leader.release()
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -228,7 +235,7 @@ class StoreHandlers:
         self.arrivals = arrivals
         self.metrics = metrics
         self.model_version = model_version
-        self.writer = writer  # started and stopped by its owner (the listener)
+        self.writer = writer
         self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-hash")
 
     def accepted(self, peer: Peer) -> None:

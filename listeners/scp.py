@@ -320,21 +320,17 @@ class Association:
         pdu_type, body = self.read_pdu(ASSOCIATE_RQ_CAP)
         if pdu_type != ASSOCIATE_RQ:
             raise ProtocolError(f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ")
-        rq = A_ASSOCIATE_RQ()
-        try:
-            rq.decode(bytes(self._header) + bytes(body))
-            request = rq.to_primitive()
-        except Exception as error:  # pynetdicom raises what the bytes lead it to
-            raise ProtocolError(f"A-ASSOCIATE-RQ not decodable: {type(error).__name__}") from None
-        self.peer.calling_ae_title = str(request.calling_ae_title).strip()
-        self.peer.called_ae_title = str(request.called_ae_title).strip()
-        rejection = self.server.check(rq, request, self)
+        plan = self.server.negotiate(bytes(self._header) + bytes(body))
+        self.peer.calling_ae_title = plan.calling_ae_title
+        self.peer.called_ae_title = plan.called_ae_title
+        rejection = plan.rejection or self.server.admit(self)
         if rejection is not None:
             result, source, reason = rejection
             self.send(struct.pack(">BBIBBBB", ASSOCIATE_RJ, 0, 4, 0, result, source, reason))
             self.server.service.rejected(self.peer, REJECTION_REASONS[rejection])
             return False
-        self.send(self.server.accept(request, self))
+        self.contexts = plan.contexts
+        self.send(plan.accept)
         self.established = True
         self.server.service.accepted(self.peer)
         return True
@@ -464,6 +460,21 @@ class Association:
 
 
 # ------------------------------------------------------------------------------------- server
+PLAN_CACHE = 64  # distinct A-ASSOCIATE-RQs remembered (one or a few per sending device)
+PLAN_CACHE_RQ_BYTES = 64 * 1024  # larger requests are negotiated every time, not remembered
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The answer to one A-ASSOCIATE-RQ: a rejection, or the accepted contexts and the AC."""
+
+    calling_ae_title: str
+    called_ae_title: str
+    rejection: tuple[int, int, int] | None
+    contexts: dict[int, PresentationContext] = field(default_factory=dict)
+    accept: bytes = b""
+
+
 class StoreServer:
     """Accepts connections on a bound socket; one :class:`Association` thread per connection.
 
@@ -493,6 +504,7 @@ class StoreServer:
         self.max_connections = 4 * self.max_associations + 16
         self.supported = list(ae.supported_contexts)
         self._lock = threading.Lock()
+        self._plans: dict[bytes, _Plan] = {}
         self._active: set[Association] = set()
         self._idle = threading.Condition(self._lock)
         self._closing = threading.Event()
@@ -540,18 +552,47 @@ class StoreServer:
             self._active.discard(association)
             self._idle.notify_all()
 
-    def check(
-        self, rq: A_ASSOCIATE_RQ, request: A_ASSOCIATE, association: Association
-    ) -> tuple[int, int, int] | None:
-        """The rejection (result, source, reason) of an A-ASSOCIATE-RQ, or None to accept."""
+    def negotiate(self, raw: bytes) -> _Plan:
+        """What to answer an A-ASSOCIATE-RQ: the same request bytes get the same answer, so the
+        plan is cached (a modality sends the same request every time, and decoding and
+        negotiating a hundred presentation contexts costs tens of milliseconds of Python)."""
+        with self._lock:
+            plan = self._plans.get(raw)
+        if plan is None:
+            plan = self._plan(raw)
+            if len(raw) > PLAN_CACHE_RQ_BYTES:
+                return plan
+            with self._lock:
+                if len(self._plans) >= PLAN_CACHE:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[raw] = plan
+        return plan
+
+    def _plan(self, raw: bytes) -> _Plan:
+        rq = A_ASSOCIATE_RQ()
+        try:
+            rq.decode(raw)
+            request = rq.to_primitive()
+        except Exception as error:  # pynetdicom raises what the bytes lead it to
+            raise ProtocolError(f"A-ASSOCIATE-RQ not decodable: {type(error).__name__}") from None
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        rejection = None
         if not rq.protocol_version & 0x0001:
-            return REJECT_PROTOCOL_VERSION
-        if str(request.application_context_name) != APPLICATION_CONTEXT:
-            return REJECT_APPLICATION_CONTEXT
-        if self.allowed_calling and association.peer.calling_ae_title not in self.allowed_calling:
-            return REJECT_CALLING_AE
-        if association.peer.called_ae_title != self.ae_title:
-            return REJECT_CALLED_AE
+            rejection = REJECT_PROTOCOL_VERSION
+        elif str(request.application_context_name) != APPLICATION_CONTEXT:
+            rejection = REJECT_APPLICATION_CONTEXT
+        elif self.allowed_calling and calling not in self.allowed_calling:
+            rejection = REJECT_CALLING_AE
+        elif called != self.ae_title:
+            rejection = REJECT_CALLED_AE
+        if rejection is not None:
+            return _Plan(calling, called, rejection)
+        contexts, accept = self._accept(request)
+        return _Plan(calling, called, None, contexts, accept)
+
+    def admit(self, association: Association) -> tuple[int, int, int] | None:
+        """Take an association slot, or the local-limit rejection when none is free."""
         with self._lock:
             established = sum(1 for a in self._active if a.established)
             if self._closing.is_set() or established >= self.max_associations:
@@ -559,8 +600,8 @@ class StoreServer:
             association.established = True  # holds its slot from here (no race with others)
         return None
 
-    def accept(self, request: A_ASSOCIATE, association: Association) -> bytes:
-        """Negotiate contexts and roles; the encoded A-ASSOCIATE-AC."""
+    def _accept(self, request: A_ASSOCIATE) -> tuple[dict[int, PresentationContext], bytes]:
+        """Negotiate contexts and roles: the accepted contexts and the encoded A-ASSOCIATE-AC."""
         roles = {
             item.sop_class_uid: (item.scu_role, item.scp_role)
             for item in request.user_information
@@ -569,9 +610,7 @@ class StoreServer:
         results, role_items = negotiate_as_acceptor(
             request.presentation_context_definition_list, self.supported, roles
         )
-        association.contexts = {
-            int(cx.context_id): cx for cx in results if cx.result == 0 and cx.context_id
-        }
+        contexts = {int(cx.context_id): cx for cx in results if cx.result == 0 and cx.context_id}
         ac = A_ASSOCIATE()
         ac.application_context_name = UID(APPLICATION_CONTEXT)
         ac.calling_ae_title = request.calling_ae_title
@@ -592,7 +631,7 @@ class StoreServer:
         ac.user_information = items  # type: ignore[assignment]
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(ac)
-        return bytes(pdu.encode())
+        return contexts, bytes(pdu.encode())
 
     def shutdown(self, grace_s: float) -> int:
         """Stop accepting; wait up to ``grace_s`` for running associations; abort the rest.

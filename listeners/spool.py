@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._syncer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-fsync")
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """The final path of an instance; ``ValueError`` if a UID is not a valid UID."""
@@ -83,41 +85,66 @@ class Spool:
         content_digest = digest or hasher.hexdigest  # called once every chunk is on disk
         size = 0
         created = self._make_dirs(path.parent)
+        # A new folder's entry is made durable by fsyncing its parent; that can start now, on
+        # another thread, while the data are written (the series folder waits for the rename).
+        parents = [self._syncer.submit(_fsync_dir, folder) for folder in created]
         partial = path.with_name(
             f".{path.name}.{os.getpid()}.{time.monotonic_ns()}{PARTIAL_SUFFIX}"
         )
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                    if hash_here:
-                        hasher.update(chunk)
-                    size += len(chunk)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        for folder in {path.parent, *created}:
-            _fsync_dir(folder)
+                try:
+                    for chunk in chunks:
+                        view = memoryview(chunk)
+                        while view:
+                            written = os.write(fd, view)
+                            view = view[written:]
+                        if hash_here:
+                            hasher.update(chunk)
+                        size += len(chunk)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(partial, path)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            try:
+                _fsync_dir(path.parent)
+                for future in parents:
+                    future.result()  # the OSError of a failed fsync
+            except BaseException:
+                path.unlink(missing_ok=True)  # not durable: not there
+                raise
+        finally:
+            for future in parents:
+                future.exception()  # no fsync outlives the call
         return Stored(path=path, size_bytes=size, content_digest=content_digest())
 
     def _make_dirs(self, folder: Path) -> list[Path]:
-        """Create ``folder`` and its missing parents; return the parents whose entries changed."""
-        missing: list[Path] = []
+        """Create ``folder`` and its missing parents; return the parents of what was created
+        (the folders whose entries changed), in no particular order."""
+        missing: list[Path] = []  # folders whose own parent was missing too, deepest first
+        created: list[Path] = []
         current = folder
-        while not current.exists() and current != self.root.parent:
-            missing.append(current)
-            current = current.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        # A new folder's own entry lives in its parent: fsync the parents of what was created.
-        return [created.parent for created in missing]
+        while True:
+            try:
+                current.mkdir()
+            except FileExistsError:
+                break
+            except FileNotFoundError:
+                if current == current.parent:
+                    raise
+                missing.append(current)
+                current = current.parent
+                continue
+            created.append(current)
+            break
+        for below in reversed(missing):
+            below.mkdir(exist_ok=True)  # a concurrent store of the same study may be first
+            created.append(below)
+        return [path.parent for path in created]
 
     def remove(self, path: Path) -> None:
         """Remove a stored file (a store whose database row could not be committed)."""

@@ -91,7 +91,6 @@ class Sweeper(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        self._guarded(self.enqueuer.warm_up)
         next_sweep = time.monotonic()
         while not self._stopping.is_set():
             try:
