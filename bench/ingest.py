@@ -1,7 +1,13 @@
 """Ingest benchmark: 200 NM scans of ~1 MB sent by dcmtk's storescu over 1 association and over
 20 parallel associations, to bonescan's listener, dcmtk storescp and Orthanc, in one run.
 
-    .venv/bin/python bench/ingest.py [--files 200] [--parallel 20]
+    .venv/bin/python bench/ingest.py [--files 200] [--parallel 20] [--rounds 3]
+
+Each server first gets one unmeasured warm-up pass; then every round measures all of them, the
+order rotating from round to round, and the table shows the median of the rounds. Order
+matters on a VM: memory the guest touches for the first time is slow to fault in, so whichever
+server ran first wrote its files into cold page cache (storescp measured 527 files/s after
+another server's files had been deleted and 213 files/s when it ran first).
 
 Everything binds or is sent to 127.0.0.1 (storescp and Orthanc bind all interfaces: FACTS.md).
 DCMTK gets TCP_NODELAY=1 (FACTS.md). bonescan runs as in production: SQLite in its data dir,
@@ -16,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,7 +167,7 @@ def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
             "BONESCAN_LISTENER__PORT": str(port),
             "BONESCAN_LISTENER__MAX_ASSOCIATIONS": "25",
             "BONESCAN_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(REPO), "SWI": os.environ.get("SWI", "0.0005"),
         }
     )
     process = subprocess.Popen(
@@ -189,38 +196,56 @@ def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 SERVERS = {"bonescan": bonescan, "storescp": storescp, "Orthanc": orthanc}
 
 
+def measure(name: str, parallel: int, scans: list[Path], tmp: Path, label: str) -> float:
+    """files/s of one pass of ``scans`` to a fresh ``name`` server over ``parallel``."""
+    work = tmp / f"{name}-{parallel}-{label}"
+    work.mkdir()
+    try:
+        with SERVERS[name](work) as (port, ae_title, received):
+            seconds = send(port, ae_title, scans, parallel)
+            got = received()
+        if got != len(scans):
+            raise RuntimeError(f"{name} kept {got} of {len(scans)} files")
+        return len(scans) / seconds
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--parallel", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, dict[int, float]] = {}
+    names = list(SERVERS)
+    levels = (1, args.parallel)
+    results: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bonescan-bench-") as tmp:
         scans = make_scans(Path(tmp) / "scans", args.files)
         size_mb = sum(p.stat().st_size for p in scans) / len(scans) / 1e6
         print(f"{len(scans)} scans of {size_mb:.2f} MB; {os.cpu_count()} CPUs", flush=True)
-        for name, server in SERVERS.items():
-            for parallel in (1, args.parallel):
-                work = Path(tmp) / f"{name}-{parallel}"
-                work.mkdir()
-                with server(work) as (port, ae_title, received):
-                    seconds = send(port, ae_title, scans, parallel)
-                    got = received()
-                if got != len(scans):
-                    raise RuntimeError(f"{name} kept {got} of {len(scans)} files")
-                results.setdefault(name, {})[parallel] = len(scans) / seconds
-                print(
-                    f"  {name:9s} {parallel:2d} assoc: {len(scans) / seconds:7.1f} files/s",
-                    flush=True,
-                )
-                shutil.rmtree(work, ignore_errors=True)
+        for name in names:
+            rate = measure(name, 1, scans, Path(tmp), "warm-up")
+            print(f"  warm-up   {name:9s}  1 assoc: {rate:7.1f} files/s")
+        for round_ in range(args.rounds):
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            for name in order:
+                for parallel in levels:
+                    rate = measure(name, parallel, scans, Path(tmp), str(round_))
+                    results.setdefault((name, parallel), []).append(rate)
+                    label = f"round {round_ + 1}"
+                    print(f"  {label:9s} {name:9s} {parallel:2d} assoc: {rate:7.1f} files/s")
+    median = {key: statistics.median(rates) for key, rates in results.items()}
+    print()
+    print(f"median of {args.rounds} rounds, files/s:")
     print()
     print(
         "| associations | bonescan | storescp | Orthanc | ÷ Orthanc (≥ 1.0) | ÷ storescp (≥ 0.5) |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
-    for parallel in (1, args.parallel):
-        ours, scp, orth = (results[n][parallel] for n in ("bonescan", "storescp", "Orthanc"))
+    for parallel in levels:
+        ours, scp, orth = (median[n, parallel] for n in ("bonescan", "storescp", "Orthanc"))
         print(
             f"| {parallel} | {ours:.1f} | {scp:.1f} | {orth:.1f} | {ours / orth:.2f} | "
             f"{ours / scp:.2f} |"

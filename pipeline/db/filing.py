@@ -123,61 +123,63 @@ def _upsert_series(
     return _ids(connection, SERIES, "series_instance_uid", set(first))
 
 
-def _insert_instance(
-    connection: Connection, row: ReceivedInstance, series_id: int, now: datetime
-) -> int | None:
-    statement = _insert_ignore(connection, INSTANCES, "sop_instance_uid").returning(INSTANCES.c.id)
-    values: dict[str, Any] = {
-        "series_id": series_id,
-        "sop_instance_uid": row.sop_instance_uid,
-        "sop_class_uid": row.sop_class_uid,
-        "calling_ae_title": row.calling_ae_title,
-        "called_ae_title": row.called_ae_title,
-        "transfer_syntax_uid": row.transfer_syntax_uid,
-        "size_bytes": row.size_bytes,
-        "content_digest": row.content_digest,
-        "pixel_digest": row.pixel_digest,
-        "spool_path": row.spool_path,
-        "number_of_frames": row.number_of_frames,
-        "skip_reason": row.skip_reason,
-        "received_at": now,
-    }
-    found = connection.execute(statement, values).scalar_one_or_none()
-    return None if found is None else int(found)
-
-
-def _open(
-    connection: Connection,
-    values: dict[str, Any],
-    events: list[dict[str, Any]],
-) -> int | None:
-    """Insert a job (None if its idempotency key exists) and its first events."""
-    statement = _insert_ignore(connection, JOBS, "idempotency_key").returning(JOBS.c.id)
-    job_id = connection.execute(statement, values).scalar_one_or_none()
-    if job_id is None:
-        return None
-    connection.execute(EVENTS.insert(), [{**event, "job_id": job_id} for event in events])
-    return int(job_id)
-
-
-def open_scan_job(
-    connection: Connection,
-    series_id: int,
-    row: ReceivedInstance,
-    received_at: datetime,
-    model_version: str,
-    *,
-    detail: str = COMPLETE_2_FRAME,
-) -> int | None:
-    """Open the ``received`` job of a 2-frame scan filed as ``row`` (as ``ingest.open_job``
-    over that one instance); None if that exact job exists."""
-    key = idempotency_key(
-        [row.sop_instance_uid],
-        combine_pixel_digests([row.pixel_digest]),
-        model_version,
-        0,
+def _insert_instances(
+    connection: Connection, rows: Sequence[ReceivedInstance], series: dict[str, int], now: datetime
+) -> dict[str, int]:
+    """Insert the instances (one statement); the ids of those inserted, by SOP Instance UID."""
+    statement = _insert_ignore(connection, INSTANCES, "sop_instance_uid").returning(
+        INSTANCES.c.sop_instance_uid, INSTANCES.c.id
     )
-    now = utcnow()
+    values: list[dict[str, Any]] = [
+        {
+            "series_id": series[row.series_instance_uid],
+            "sop_instance_uid": row.sop_instance_uid,
+            "sop_class_uid": row.sop_class_uid,
+            "calling_ae_title": row.calling_ae_title,
+            "called_ae_title": row.called_ae_title,
+            "transfer_syntax_uid": row.transfer_syntax_uid,
+            "size_bytes": row.size_bytes,
+            "content_digest": row.content_digest,
+            "pixel_digest": row.pixel_digest,
+            "spool_path": row.spool_path,
+            "number_of_frames": row.number_of_frames,
+            "skip_reason": row.skip_reason,
+            "received_at": now,
+        }
+        for row in rows
+    ]
+    return {uid: int(id_) for uid, id_ in connection.execute(statement, values)}
+
+
+def _open_jobs(
+    connection: Connection, jobs: list[dict[str, Any]], events: list[list[dict[str, Any]]]
+) -> list[int | None]:
+    """Insert jobs (one statement; those whose idempotency key exists are left out) and the
+    first events of each inserted one; the job ids, None where the job existed."""
+    statement = _insert_ignore(connection, JOBS, "idempotency_key").returning(
+        JOBS.c.idempotency_key, JOBS.c.id
+    )
+    opened = {key: int(id_) for key, id_ in connection.execute(statement, jobs)}
+    ids = [opened.pop(job["idempotency_key"], None) for job in jobs]
+    rows = [
+        {**event, "job_id": job_id}
+        for job_id, job_events in zip(ids, events, strict=True)
+        if job_id is not None
+        for event in job_events
+    ]
+    if rows:
+        connection.execute(EVENTS.insert(), rows)
+    return ids
+
+
+def _scan_job(
+    series_id: int, row: ReceivedInstance, received_at: datetime, model_version: str, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``received`` job of a 2-frame scan filed as ``row`` and its first events (as
+    ``ingest.open_job`` over that one instance)."""
+    key = idempotency_key(
+        [row.sop_instance_uid], combine_pixel_digests([row.pixel_digest]), model_version, 0
+    )
     job = {
         "series_id": series_id,
         "model_version": model_version,
@@ -191,9 +193,9 @@ def open_scan_job(
     event = {"from_state": None, "to_state": JobState.RECEIVED, "detail": None}
     events = [
         {**event, "at": received_at, "stage": Stage.RECEIVED.value},
-        {**event, "at": now, "detail": detail, "stage": Stage.COMPLETE.value},
+        {**event, "at": now, "detail": COMPLETE_2_FRAME, "stage": Stage.COMPLETE.value},
     ]
-    return _open(connection, job, events)
+    return job, events
 
 
 def open_skipped(
@@ -216,7 +218,8 @@ def open_skipped(
         "updated_at": now,
     }
     event = {"from_state": None, "to_state": JobState.SKIPPED, "detail": reason, "at": now}
-    return _open(connection, job, [{**event, "stage": None}])
+    [job_id] = _open_jobs(connection, [job], [[{**event, "stage": None}]])
+    return job_id
 
 
 def instance_exists(connection: Connection, sop_instance_uid: str) -> bool:
@@ -238,18 +241,26 @@ def file_instances(
     now = utcnow()
     studies = _upsert_studies(connection, rows, now)
     series = _upsert_series(connection, rows, studies, now)
-    filed = []
+    inserted = _insert_instances(connection, rows, series, now)
+    filed: list[Filed] = []
+    scans: list[int] = []  # indexes in filed of the 2-frame scans whose job opens now
     for row in rows:
         series_id = series[row.series_instance_uid]
-        instance_id = _insert_instance(connection, row, series_id, now)
-        job_id = None
+        # pop: the same instance twice in one batch (a resend on another association) is
+        # filed once, the second is the duplicate
+        instance_id = inserted.pop(row.sop_instance_uid, None)
         if instance_id is not None and row.skip_reason is not None:
             open_skipped(
                 connection, series_id, row.series_instance_uid, row.skip_reason, model_version
             )
         elif instance_id is not None and open_scans and row.number_of_frames == 2:
-            job_id = open_scan_job(connection, series_id, row, now, model_version)
-        filed.append(Filed(instance_id, series_id, job_id))
+            scans.append(len(filed))
+        filed.append(Filed(instance_id, series_id))
+    if scans:
+        planned = [_scan_job(filed[i].series_id, rows[i], now, model_version, now) for i in scans]
+        job_ids = _open_jobs(connection, [job for job, _ in planned], [e for _, e in planned])
+        for index, job_id in zip(scans, job_ids, strict=True):
+            filed[index] = Filed(filed[index].instance_id, filed[index].series_id, job_id)
     return filed
 
 
