@@ -167,7 +167,7 @@ def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
             "BONESCAN_LISTENER__PORT": str(port),
             "BONESCAN_LISTENER__MAX_ASSOCIATIONS": "25",
             "BONESCAN_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(REPO), "SWI": os.environ.get("SWI", "0.0005"),
+            "PYTHONPATH": str(REPO),
         }
     )
     process = subprocess.Popen(

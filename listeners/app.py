@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
-import sys
 import threading
 from types import FrameType
 
@@ -178,15 +177,9 @@ class Listener:
         self.engine.dispose()
 
 
-SWITCH_INTERVAL_S = 0.0005
-
-
 def serve(settings: Settings) -> int:
     """Run the listener until SIGTERM or SIGINT; return the process exit status (0)."""
     quiet_pynetdicom()
-    # Association threads mostly wait on sockets and disks; when one wakes it should get the
-    # interpreter within a fraction of a millisecond, not after another thread's 5 ms slice.
-    sys.setswitchinterval(float(__import__("os").environ.get("SWI", SWITCH_INTERVAL_S)))
     listener = Listener(settings)
     signal.signal(signal.SIGTERM, listener.request_stop)
     signal.signal(signal.SIGINT, listener.request_stop)
