@@ -63,28 +63,48 @@ def _snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:
     jobs = session.scalars(select(Job).order_by(Job.idempotency_key))
     return {
         "studies": [
-            (s.study_instance_uid, s.patient_name, s.patient_id, s.study_date)
-            + (s.study_description, s.accession_number)
+            (
+                s.study_instance_uid,
+                s.patient_name,
+                s.patient_id,
+                s.study_date,
+                s.study_description,
+                s.accession_number,
+            )
             for s in studies
         ],
         "series": [
-            (s.study.study_instance_uid, s.series_instance_uid, s.modality, s.series_number)
-            + (s.series_description,)
+            (
+                s.study.study_instance_uid,
+                s.series_instance_uid,
+                s.modality,
+                s.series_number,
+                s.series_description,
+            )
             for s in series
         ],
         "instances": [
-            tuple(
-                getattr(i, column.name)
-                for column in Instance.__table__.columns
-                if column.name not in {"id", "series_id", "received_at"}
+            (
+                *tuple(
+                    getattr(i, column.name)
+                    for column in Instance.__table__.columns
+                    if column.name not in {"id", "series_id", "received_at"}
+                ),
+                i.series.series_instance_uid,
             )
-            + (i.series.series_instance_uid,)
             for i in instances
         ],
         "jobs": [
-            (j.series.series_instance_uid, j.model_version, j.generation, j.idempotency_key)
-            + (j.state, j.error, j.attempts)
-            + tuple((e.from_state, e.to_state, e.detail, e.stage) for e in j.events)
+            (
+                j.series.series_instance_uid,
+                j.model_version,
+                j.generation,
+                j.idempotency_key,
+                j.state,
+                j.error,
+                j.attempts,
+                *tuple((e.from_state, e.to_state, e.detail, e.stage) for e in j.events),
+            )
             for j in jobs
         ],
     }
@@ -133,10 +153,12 @@ def test_a_resend_is_reported_and_filed_once(engine: Engine) -> None:
     with engine.begin() as connection:  # the same instance twice in one batch
         twice = filing.file_instances(connection, [_received(3), _received(3)], VERSION)
         assert filing.instance_exists(connection, _received(3).sop_instance_uid)
-    assert first.instance_id is not None and first.job_id is not None
+    assert first.instance_id is not None
+    assert first.job_id is not None
     assert again == filing.Filed(None, first.series_id, None)
     assert other.instance_id is not None
-    assert twice[0].instance_id is not None and twice[1].instance_id is None
+    assert twice[0].instance_id is not None
+    assert twice[1].instance_id is None
     with make_session_factory(engine)() as session:
         assert len(session.scalars(select(Instance)).all()) == 3
         assert len(session.scalars(select(Job)).all()) == 3
@@ -185,7 +207,8 @@ def test_mark_queued_moves_received_jobs_only(engine: Engine) -> None:
     assert moved == [ids[0]]
     with make_session_factory(engine)() as session:
         job = session.get(Job, ids[0])
-        assert job is not None and job.state == JobState.QUEUED
+        assert job is not None
+        assert job.state == JobState.QUEUED
         assert [(e.to_state, e.detail, e.stage) for e in job.events][-1] == (
             JobState.QUEUED,
             "sent",
