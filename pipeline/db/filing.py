@@ -70,57 +70,58 @@ def _ids(connection: Connection, table: Table, key: str, values: set[str]) -> di
     return {row[0]: row[1] for row in rows}
 
 
+def _upsert(
+    connection: Connection, table: Table, key: str, wanted: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """The ids of the rows ``wanted`` describes (by their ``key``), inserting the missing ones
+    (a row that is there costs one SELECT)."""
+    known = _ids(connection, table, key, set(wanted))
+    new = [{key: uid, **row} for uid, row in wanted.items() if uid not in known]
+    if not new:
+        return known
+    connection.execute(_insert_ignore(connection, table, key), new)
+    return _ids(connection, table, key, set(wanted))
+
+
 def _upsert_studies(
     connection: Connection, rows: Sequence[ReceivedInstance], now: datetime
 ) -> dict[str, int]:
-    first: dict[str, ReceivedInstance] = {}
+    wanted: dict[str, dict[str, Any]] = {}
     for row in rows:
-        first.setdefault(row.study_instance_uid, row)
-    known = _ids(connection, STUDIES, "study_instance_uid", set(first))
-    new = [
-        {
-            "study_instance_uid": uid,
-            "patient_name": _clip(row.patient_name, 324),
-            "patient_id": _clip(row.patient_id, 64),
-            "study_date": _clip(row.study_date, 8),
-            "study_description": _clip(row.study_description, 64),
-            "accession_number": _clip(row.accession_number, 16),
-            "created_at": now,
-            "updated_at": now,
-        }
-        for uid, row in first.items()
-        if uid not in known
-    ]
-    if not new:
-        return known
-    connection.execute(_insert_ignore(connection, STUDIES, "study_instance_uid"), new)
-    return _ids(connection, STUDIES, "study_instance_uid", set(first))
+        wanted.setdefault(
+            row.study_instance_uid,
+            {
+                "patient_name": _clip(row.patient_name, 324),
+                "patient_id": _clip(row.patient_id, 64),
+                "study_date": _clip(row.study_date, 8),
+                "study_description": _clip(row.study_description, 64),
+                "accession_number": _clip(row.accession_number, 16),
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+
+    return _upsert(connection, STUDIES, "study_instance_uid", wanted)
 
 
 def _upsert_series(
     connection: Connection, rows: Sequence[ReceivedInstance], studies: dict[str, int], now: datetime
 ) -> dict[str, int]:
-    first: dict[str, ReceivedInstance] = {}
+    wanted: dict[str, dict[str, Any]] = {}
     for row in rows:
-        first.setdefault(row.series_instance_uid, row)
-    known = _ids(connection, SERIES, "series_instance_uid", set(first))
-    new = [
-        {
-            "study_id": studies[row.study_instance_uid],
-            "series_instance_uid": uid,
-            "modality": _clip(row.modality, 16),
-            "series_number": row.series_number,
-            "series_description": _clip(row.series_description, 64),
-            "created_at": now,
-            "updated_at": now,
-        }
-        for uid, row in first.items()
-        if uid not in known
-    ]
-    if not new:
-        return known
-    connection.execute(_insert_ignore(connection, SERIES, "series_instance_uid"), new)
-    return _ids(connection, SERIES, "series_instance_uid", set(first))
+        wanted.setdefault(
+            row.series_instance_uid,
+            {
+                "study_id": studies[row.study_instance_uid],
+                "modality": _clip(row.modality, 16),
+                "series_number": row.series_number,
+                "series_description": _clip(row.series_description, 64),
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+
+    return _upsert(connection, SERIES, "series_instance_uid", wanted)
 
 
 def _insert_instances(

@@ -4,28 +4,18 @@ pipeline.db.ingest write, on real SQLite and PostgreSQL, and takes races without
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from pipeline.db import filing, ingest, migrate
 from pipeline.db.models import Instance, Job, JobEvent, Series, Study
-from pipeline.db.session import make_engine, make_session_factory
+from pipeline.db.session import make_session_factory
 from pipeline.db.states import JobState
 
 VERSION = "msanet-test"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    migrate.upgrade(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def _received(index: int, **changes: Any) -> ingest.ReceivedInstance:
