@@ -128,7 +128,6 @@ class Listener:
             self.session_factory,
             self.sweeper,
             self.metrics,
-            self.model_version,
             writer=self.writer,
         )
         self.ae = build_ae(listener)

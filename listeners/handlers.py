@@ -31,6 +31,7 @@ from listeners.receive import (
 from listeners.scp import CANNOT_UNDERSTAND, SUCCESS, Answer, Peer, StoreRequest
 from listeners.spool import Spool, Stored
 from pipeline.db import filing
+from pipeline.db.filing import Filed
 from pipeline.db.ingest import ReceivedInstance
 
 logger = logging.getLogger(__name__)
@@ -55,15 +56,6 @@ class ArrivalSink(Protocol):
     def opened(self, job_id: int) -> None: ...
 
 
-@dataclass(frozen=True)
-class Recorded:
-    """The outcome of filing one instance."""
-
-    instance_id: int | None  # None when it was in already (a resend)
-    series_id: int
-    job_id: int | None = None  # the job its commit opened (a 2-frame scan, complete on arrival)
-
-
 def record(
     session_factory: Sessions,
     parsed: Parsed,
@@ -73,19 +65,19 @@ def record(
     called_ae_title: str | None,
     model_version: str,
     open_scans: bool = False,
-) -> Recorded:
+) -> Filed:
     """Commit the instance row (and a ``skipped`` job for a series that is not a bone scan;
     with ``open_scans`` the job of a 2-frame scan).
 
     The same SOP instance already in is reported with ``instance_id=None``. Raises
     ``SQLAlchemyError`` when the database fails.
     """
-    item = _Filing(parsed, stored, calling_ae_title, called_ae_title)
+    row = received_instance(
+        parsed, stored, calling_ae_title=calling_ae_title, called_ae_title=called_ae_title
+    )
     with session_factory.transaction() as connection:
-        [filed] = filing.file_instances(
-            connection, [item.row()], model_version, open_scans=open_scans
-        )
-    return Recorded(filed.instance_id, filed.series_id, filed.job_id)
+        [filed] = filing.file_instances(connection, [row], model_version, open_scans=open_scans)
+    return filed
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ class _Pending:
     def __init__(self, item: _Filing) -> None:
         self.item = item
         self.done = threading.Event()
-        self.result: Recorded | None = None
+        self.result: Filed | None = None
         self.error: SQLAlchemyError | None = None
 
 
@@ -149,9 +141,7 @@ class RecordWriter:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._leader = threading.Lock()
 
-    def record(
-        self, parsed: Parsed, stored: Stored, *, calling: str, called: str | None
-    ) -> Recorded:
+    def record(self, parsed: Parsed, stored: Stored, *, calling: str, called: str | None) -> Filed:
         """Commit one instance row (see :func:`record`); returns once it is committed."""
         pending = _Pending(_Filing(parsed, stored, calling, called))
         self._queue.put(pending)
@@ -192,7 +182,7 @@ class RecordWriter:
                 pending.done.set()
             return
         for pending, outcome in zip(batch, filed, strict=True):
-            pending.result = Recorded(outcome.instance_id, outcome.series_id, outcome.job_id)
+            pending.result = outcome
             pending.done.set()
 
     def _file_alone(self, pending: _Pending) -> None:
@@ -226,7 +216,6 @@ class StoreHandlers:
         session_factory: Sessions,
         arrivals: ArrivalSink,
         metrics: ListenerMetrics,
-        model_version: str,
         *,
         writer: RecordWriter,
     ) -> None:
@@ -234,7 +223,6 @@ class StoreHandlers:
         self.session_factory = session_factory
         self.arrivals = arrivals
         self.metrics = metrics
-        self.model_version = model_version
         self.writer = writer
         self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-hash")
 

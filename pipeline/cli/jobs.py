@@ -27,8 +27,7 @@ from pipeline.cli.admin import (
 )
 from pipeline.cli.common import fail, settings_or_exit
 from pipeline.cli.studies import lesions
-from pipeline.db import admin, queries
-from pipeline.db.ingest import mark_queued
+from pipeline.db import admin, filing, queries
 from pipeline.db.states import JobState
 from pipeline.model_version import current_model_version
 from pipeline.settings import Settings
@@ -273,8 +272,8 @@ def reprocess(
             settings, TaskName.SEGMENT_SERIES, QueueName.SEGMENT, "job_id", job_ids
         )
         with factory.begin() as session:
-            for job_id in outcome.sent:
-                mark_queued(session, job_id, f"sent {TaskName.SEGMENT_SERIES.value} by {who}")
+            detail = f"sent {TaskName.SEGMENT_SERIES.value} by {who}"
+            filing.mark_queued(session.connection(), outcome.sent, detail)
     typer.echo(f"reprocessing {len(job_ids)} series with {model_version}: jobs {ids_text(job_ids)}")
     if outcome.error is not None:
         unsent = [job_id for job_id in job_ids if job_id not in outcome.sent]

@@ -2,7 +2,7 @@
 scans, mark enqueued jobs ``queued``.
 
 Same rows as the ORM functions of :mod:`pipeline.db.ingest` (``add_instance``, ``open_job``,
-``open_skipped_job``, ``mark_queued``; the tests compare them), at a fraction of their cost: the
+``open_skipped_job``; the tests compare them), at a fraction of their cost: the
 C-STORE handler waits for this commit before it answers, so every statement counts (README
 "Listener throughput"). Races between writers cannot fail a batch: studies, series, instances
 and jobs are inserted with ``ON CONFLICT DO NOTHING`` on their unique key (SQLite ≥ 3.24 and
@@ -266,8 +266,8 @@ def file_instances(
 
 
 def mark_queued(connection: Connection, job_ids: Sequence[int], detail: str) -> list[int]:
-    """``received → queued`` for the jobs the broker took (as ``ingest.mark_queued``); returns
-    those that moved (a fast worker may have picked one up already)."""
+    """``received → queued`` for the jobs the broker took, one event each; returns those that
+    moved (conditional: a fast worker may have picked one up already)."""
     if not job_ids:
         return []
     now = utcnow()

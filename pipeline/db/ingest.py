@@ -13,14 +13,12 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.db.models import Instance, Job, JobEvent, Series, Study
 from pipeline.db.states import JobState, Stage, check_transition
-from pipeline.db.types import utcnow
 
 
 @dataclass(frozen=True)
@@ -53,21 +51,6 @@ class ReceivedInstance:
 def _clip(value: str | None, length: int) -> str | None:
     # PostgreSQL enforces VARCHAR lengths; a sender's over-long LO must not fail the store.
     return None if value is None else value[:length]
-
-
-def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
-    """The instance row for ``sop_instance_uid``, if it was received before."""
-    return session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
-    ).one_or_none()
-
-
-def has_instance(session: Session, sop_instance_uid: str) -> bool:
-    """Whether ``sop_instance_uid`` was received before (an id lookup: no row is loaded)."""
-    found = session.scalar(
-        select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid).limit(1)
-    )
-    return found is not None
 
 
 def upsert_study(session: Session, received: ReceivedInstance) -> Study:
@@ -242,30 +225,6 @@ def open_skipped_job(
     session.add(JobEvent(job=job, from_state=None, to_state=JobState.SKIPPED, detail=reason))
     session.flush()
     return job
-
-
-def mark_queued(session: Session, job_id: int, detail: str | None = None) -> bool:
-    """``received → queued`` once the broker took the task; False if the job had moved on.
-
-    Conditional, because a fast worker may already have picked the job up.
-    """
-    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RECEIVED)
-        .values(state=JobState.QUEUED, updated_at=utcnow())
-    )
-    moved = result.rowcount
-    if moved:
-        session.add(
-            JobEvent(
-                job_id=job_id,
-                from_state=JobState.RECEIVED,
-                to_state=JobState.QUEUED,
-                detail=detail,
-                stage=Stage.QUEUED.value,
-            )
-        )
-    return bool(moved)
 
 
 def pending_job_ids(session: Session, updated_before: datetime, limit: int = 100) -> list[int]:
