@@ -28,7 +28,14 @@ from listeners.receive import (
     parse_header,
     received_instance,
 )
-from listeners.scp import CANNOT_UNDERSTAND, SUCCESS, Answer, Peer, StoreRequest
+from listeners.scp import (
+    CANNOT_UNDERSTAND,
+    SUCCESS,
+    Answer,
+    Peer,
+    StoreCommand,
+    StoreSink,
+)
 from listeners.spool import Spool, Stored
 from pipeline.db import filing
 from pipeline.db.filing import Filed
@@ -206,6 +213,43 @@ class RecordWriter:
             pending.done.set()
 
 
+class _Receipt:
+    """One C-STORE on its way in (the SCP's :class:`~listeners.scp.StoreSink`).
+
+    From the command on, the data set is written to a partial spool file as its fragments
+    arrive (hashed on the way), and the database is asked on another thread whether the
+    instance was filed before; so when the last fragment is in, what is left is to parse the
+    header, fsync, rename and commit (:meth:`StoreHandlers.file`).
+    """
+
+    def __init__(self, handlers: StoreHandlers, peer: Peer, command: StoreCommand) -> None:
+        self.handlers = handlers
+        self.peer = peer
+        self.command = command
+        self.header = PREAMBLE + file_meta(command, peer.calling_ae_title)
+        self.writer = handlers.spool.writer(command.sop_instance_uid)
+        self.writer.write(self.header)
+        self.seen = handlers.lookups.submit(handlers.seen_before, command.sop_instance_uid)
+
+    def write(self, fragment: memoryview) -> None:
+        self.writer.write(fragment)
+
+    def finish(self, data: memoryview) -> Answer:
+        started = time.perf_counter()
+        try:
+            answer = self.handlers.file(self, data)
+        except Exception:  # the last guard: a handler answers, it never raises
+            logger.exception("c_store_failed_unexpectedly")
+            answer = Answer(CANNOT_UNDERSTAND, "internal error")
+        finally:
+            self.writer.discard()  # what was not committed is not kept
+        self.handlers.metrics.store_seconds.observe(time.perf_counter() - started)
+        return answer
+
+    def abandon(self) -> None:
+        self.writer.discard()
+
+
 class StoreHandlers:
     """The SCP's service (:class:`listeners.scp.Service`), bound to the spool, the database and
     the sweeper."""
@@ -225,6 +269,8 @@ class StoreHandlers:
         self.metrics = metrics
         self.writer = writer
         self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-hash")
+        # "filed before?" asked while a data set arrives; one per association at most
+        self.lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bonescan-lookup")
 
     def accepted(self, peer: Peer) -> None:
         self.metrics.associations.labels("accepted", "").inc()
@@ -245,30 +291,28 @@ class StoreHandlers:
     def aborted(self, peer: Peer) -> None:
         logger.warning("association_aborted calling=%s", peer.calling_ae_title)
 
-    def store(self, peer: Peer, request: StoreRequest) -> Answer:
-        """File one instance: spool it, commit its row, then answer (see the module docstring)."""
-        started = time.perf_counter()
-        try:
-            answer = self._store(peer, request)
-        except Exception:  # the last guard: a handler answers, it never raises
-            logger.exception("c_store_failed_unexpectedly")
-            answer = Answer(CANNOT_UNDERSTAND, "internal error")
-        self.metrics.store_seconds.observe(time.perf_counter() - started)
-        return answer
+    def begin_store(self, peer: Peer, command: StoreCommand) -> StoreSink:
+        """A C-STORE's command is in: spool its data set as it arrives (see :class:`_Receipt`)."""
+        return _Receipt(self, peer, command)
 
-    def _store(self, peer: Peer, request: StoreRequest) -> Answer:  # noqa: PLR0911 (one answer per outcome)
-        sop_uid = request.sop_instance_uid
-        calling = peer.calling_ae_title
-        header = PREAMBLE + file_meta(request, calling)
-        # Both digests on other cores (hashlib releases the GIL) while the header is parsed and
-        # the file written.
-        content_digest = self._hashing.submit(sha256_hex, header, request.data)
+    def seen_before(self, sop_instance_uid: str) -> bool:
+        """Whether the instance was filed before (raises ``SQLAlchemyError``)."""
+        with self.session_factory.connect() as connection:
+            return filing.instance_exists(connection, sop_instance_uid)
+
+    def file(self, receipt: _Receipt, data: memoryview) -> Answer:  # noqa: PLR0911 (one answer per outcome)
+        """The data set is complete and spooled to a partial file: parse it, make the file
+        durable under its final name, commit its row, then answer."""
+        command = receipt.command
+        sop_uid = command.sop_instance_uid
+        calling = receipt.peer.calling_ae_title
         try:
             received = parse_header(
-                header, request.data, request.sop_class_uid, request.transfer_syntax_uid
+                receipt.header, data, command.sop_class_uid, command.transfer_syntax_uid
             )
         except UnreadableDatasetError as error:
             return self._refuse(sop_uid, calling, CANNOT_UNDERSTAND, str(error))
+        # the pixel digest on another core (hashlib releases the GIL) while the file is synced
         pixel_digest = (
             None if received.pixels is None else self._hashing.submit(sha256_hex, received.pixels)
         )
@@ -278,20 +322,19 @@ class StoreHandlers:
                 sop_uid, calling, DATASET_MISMATCH, "SOP Instance UID differs from the request's"
             )
         try:
-            with self.session_factory.connect() as connection:
-                if filing.instance_exists(connection, sop_uid):
-                    return self._duplicate(sop_uid, calling)
+            if receipt.seen.result():
+                return self._duplicate(sop_uid, calling)
             path = self.spool.path_for(
                 parsed.study_instance_uid, parsed.series_instance_uid, sop_uid
             )
-            stored = self.spool.write(path, header, request.data, digest=content_digest.result)
+            stored = receipt.writer.commit(path)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
         if pixel_digest is not None:
             parsed = received.with_pixel_digest(pixel_digest.result())
         try:
             recorded = self.writer.record(
-                parsed, stored, calling=calling, called=peer.called_ae_title
+                parsed, stored, calling=calling, called=receipt.peer.called_ae_title
             )
         except SQLAlchemyError as error:
             self.spool.remove(stored.path)  # nothing half-written: no file without its row
@@ -380,7 +423,7 @@ def _meta_element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
-def file_meta(request: StoreRequest, calling_ae_title: str) -> bytes:
+def file_meta(request: StoreCommand, calling_ae_title: str) -> bytes:
     """The encoded File Meta Information (PS3.10 7.1) of a received instance, group length
     first: what pynetdicom's ``Event.file_meta`` held, written before the data set as sent.
 

@@ -102,18 +102,13 @@ class Peer:
 
 
 @dataclass(frozen=True)
-class StoreRequest:
-    """A complete C-STORE-RQ: its command and the data set exactly as it arrived.
-
-    ``data`` views the association's receive buffer: valid until the service's ``store``
-    returns (the next data set is assembled in the same memory).
-    """
+class StoreCommand:
+    """A C-STORE-RQ's command, as soon as it arrived (its data set follows)."""
 
     message_id: int
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -122,6 +117,22 @@ class Answer:
 
     status: int
     comment: str | None = None
+
+
+class StoreSink(Protocol):
+    """Where one C-STORE's data set goes while it arrives (the service's, per request).
+
+    ``write`` gets each fragment as it arrives, ``finish`` the whole data set exactly as
+    received once the last one is in (a view of the association's buffer, valid until
+    ``finish`` returns) and answers; ``abandon`` is called instead when the association ends
+    first. None of them raises.
+    """
+
+    def write(self, fragment: memoryview) -> None: ...
+
+    def finish(self, data: memoryview) -> Answer: ...
+
+    def abandon(self) -> None: ...
 
 
 class Service(Protocol):
@@ -133,7 +144,7 @@ class Service(Protocol):
 
     def aborted(self, peer: Peer) -> None: ...
 
-    def store(self, peer: Peer, request: StoreRequest) -> Answer: ...
+    def begin_store(self, peer: Peer, command: StoreCommand) -> StoreSink: ...
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -196,6 +207,7 @@ class _Message:
     command_done: bool = False
     fields: dict[int, bytes] = field(default_factory=dict)
     data: _Buffer | None = None  # the data set's fragments, once the first arrives
+    sink: StoreSink | None = None  # a C-STORE's, from its command on
 
 
 class _Buffer:
@@ -245,7 +257,8 @@ class Association:
         self.established = False
         self._header = bytearray(6)
         self._pdu = _Buffer()
-        self._data = _Buffer()  # one data set at a time: store() returns before the next PDU
+        self._data = _Buffer()  # one data set at a time: finish() returns before the next PDU
+        self._messages: dict[int, _Message] = {}  # by presentation context, until complete
         self._send_lock = threading.Lock()
 
     # -- socket I/O
@@ -312,6 +325,10 @@ class Association:
             logger.exception("association_failed_unexpectedly")
             self.send_abort(0x02, 0x00)
         finally:
+            for message in self._messages.values():  # data sets the association left unfinished
+                if message.sink is not None:
+                    message.sink.abandon()
+            self._messages.clear()
             self.close()
             self.server.finished(self)
 
@@ -337,7 +354,7 @@ class Association:
 
     def serve(self) -> None:
         """P-DATA until A-RELEASE-RQ (answered) or A-ABORT."""
-        messages: dict[int, _Message] = {}
+        messages = self._messages
         cap = self.server.max_pdu or PDU_CAP
         while True:
             pdu_type, body = self.read_pdu(cap)
@@ -389,12 +406,16 @@ class Association:
                 if _int(message.fields, 0x0800) == NO_DATA_SET:
                     del messages[context_id]
                     self.dispatch(message)
+                else:
+                    message.sink = self._begin_store(message)
             return
         if not message.command_done:  # data set fragment
             raise ProtocolError("data set fragment before its command")
         if message.data is None:
             message.data = self._data_buffer(messages)
         message.data.append(fragment)
+        if message.sink is not None:
+            message.sink.write(fragment)
         if control & 0x02:
             del messages[context_id]
             self.dispatch(message)
@@ -408,28 +429,36 @@ class Association:
         return self._data
 
     # -- DIMSE
+    def _begin_store(self, message: _Message) -> StoreSink | None:
+        """The service's sink for a C-STORE-RQ whose data set follows (None for anything else:
+        :meth:`dispatch` answers it once it is complete)."""
+        command = message.fields
+        context = self.contexts[message.context_id]
+        if _int(command, 0x0100) != C_STORE_RQ or str(context.abstract_syntax) == VERIFICATION:
+            return None
+        store = StoreCommand(
+            message_id=_int(command, 0x0110) or 0,
+            sop_class_uid=_text(command, 0x0002),
+            sop_instance_uid=_text(command, 0x1000),
+            transfer_syntax_uid=str(context.transfer_syntax[0]),
+        )
+        return self.server.service.begin_store(self.peer, store)
+
     def dispatch(self, message: _Message) -> None:
         command = message.fields
         field_ = _int(command, 0x0100)
         message_id = _int(command, 0x0110) or 0
         sop_class = _text(command, 0x0002)
-        context = self.contexts[message.context_id]
         reply = _Reply(message.context_id, message_id, sop_class)
         if field_ == C_ECHO_RQ:
             self.respond(reply, C_ECHO_RSP, Answer(SUCCESS))
         elif field_ == C_STORE_RQ:
             sop_instance = _text(command, 0x1000)
-            if message.data is None or str(context.abstract_syntax) == VERIFICATION:
+            if message.data is None or message.sink is None:
                 answer = Answer(CANNOT_UNDERSTAND, "C-STORE without a data set")
             else:
-                request = StoreRequest(
-                    message_id=message_id,
-                    sop_class_uid=sop_class,
-                    sop_instance_uid=sop_instance,
-                    transfer_syntax_uid=str(context.transfer_syntax[0]),
-                    data=message.data.view(),
-                )
-                answer = self.server.service.store(self.peer, request)
+                sink, message.sink = message.sink, None
+                answer = sink.finish(message.data.view())
             self.respond(reply, C_STORE_RSP, answer, sop_instance)
         elif field_ == C_CANCEL_RQ:
             return  # nothing of ours runs long enough to cancel

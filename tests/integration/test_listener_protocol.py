@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from listeners.handlers import file_meta
-from listeners.scp import StoreRequest, decode_command, encode_command
+from listeners.scp import StoreCommand, decode_command, encode_command
 from tests.integration import dicom_factory as factory
 from tests.integration.conftest import AE_TITLE, StartListener, wait_for
 
@@ -40,9 +40,7 @@ def test_file_meta_is_what_pydicom_encodes() -> None:
     from pynetdicom.dsutils import encode_file_meta
 
     for calling in ("MODALITY", "AB", ""):
-        request = StoreRequest(
-            1, "1.2.840.10008.5.1.4.1.1.20", "1.2.3.44", "1.2.840.10008.1.2", b""
-        )
+        request = StoreCommand(1, "1.2.840.10008.5.1.4.1.1.20", "1.2.3.44", "1.2.840.10008.1.2")
         meta = FileMetaDataset()
         meta.FileMetaInformationVersion = b"\x00\x01"
         meta.MediaStorageSOPClassUID = UID(request.sop_class_uid)
