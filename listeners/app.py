@@ -2,8 +2,10 @@
 
 One process: the acceptor of :mod:`listeners.scp` (one thread per association, contexts
 negotiated by pynetdicom against the AE built here) answers C-ECHO and C-STORE; the sweeper
-thread opens and enqueues jobs; an optional HTTP thread serves Prometheus metrics. It never
-imports torch: jobs are enqueued by task name (DESIGN.md).
+thread opens and enqueues jobs and marks them queued; an optional HTTP thread serves Prometheus
+metrics. With a broker, a child process (:mod:`listeners.sender`) sends the tasks of the jobs
+that C-STOREs open, away from this process's interpreter lock. Neither imports torch: jobs are
+enqueued by task name (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from listeners.completeness import SeriesJobs
 from listeners.database import ListenerSessions
 from listeners.enqueue import Enqueuer
-from listeners.handlers import RecordWriter, StoreHandlers
+from listeners.handlers import Arrival, RecordWriter, StoreHandlers
 from listeners.metrics import ListenerMetrics
 from listeners.scp import StoreServer
+from listeners.sender import SenderProcess
 from listeners.spool import Spool
 from listeners.sweeper import Sweeper
 from pipeline.db.session import make_engine
@@ -99,6 +102,23 @@ def build_ae(listener: ListenerSettings) -> AE:
     return ae
 
 
+class Arrivals:
+    """Where the C-STORE handler reports (:class:`~listeners.handlers.ArrivalSink`): a job
+    opened by its instance goes to the sender process, or to the sweeper when the sender
+    cannot take it; arrivals that may complete a series go to the sweeper."""
+
+    def __init__(self, sweeper: Sweeper, sender: SenderProcess | None) -> None:
+        self.sweeper = sweeper
+        self.sender = sender
+
+    def notify(self, arrival: Arrival) -> None:
+        self.sweeper.notify(arrival)
+
+    def opened(self, job_id: int) -> None:
+        if self.sender is None or not self.sender.submit(job_id):
+            self.sweeper.opened(job_id)
+
+
 class Listener:
     """Everything the listener process runs, wired from the settings."""
 
@@ -122,11 +142,15 @@ class Listener:
             quiet_seconds=listener.quiet_seconds,
             visibility_timeout_s=settings.worker.visibility_timeout_seconds,
         )
+        self.sender = (
+            None if settings.broker_url is None else SenderProcess(settings, self.sweeper.sent)
+        )
+        self.sweeper.sender = self.sender
         self.writer = RecordWriter(self.session_factory, self.model_version)
         self.handlers = StoreHandlers(
             self.spool,
             self.session_factory,
-            self.sweeper,
+            Arrivals(self.sweeper, self.sender),
             self.metrics,
             writer=self.writer,
         )
@@ -140,6 +164,8 @@ class Listener:
         self.spool.root.mkdir(parents=True, exist_ok=True)
         self.spool.remove_partials()  # nothing writes yet: every partial is a crash's leftover
         self.enqueuer.warm_up()  # Celery loads now, not while the first scans are filed
+        if self.sender is not None:
+            self.sender.start()
         address = (listener.host, listener.port)
         tls = ssl_context(listener)
         self.server = StoreServer(self.ae, self.handlers, address, ssl_context=tls)
@@ -171,6 +197,8 @@ class Listener:
         aborted = self.server.shutdown(grace) if self.server is not None else 0
         # running associations went on until they ended or the grace ran out
         logger.info("stopped associations_aborted=%d grace_s=%.0f", aborted, grace)
+        if self.sender is not None:
+            self.sender.stop()  # what it sent is reported to the sweeper before it stops
         self.sweeper.stop()
         self.sweeper.join(timeout=5)
         self.engine.dispose()

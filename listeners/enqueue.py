@@ -25,16 +25,14 @@ BACKOFF_S = 2.0
 RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
-class Enqueuer:
-    """Sends ``segment_series`` for a job id and marks the job ``queued``."""
+class TaskSender:
+    """Celery's ``send_task`` by task name, backing off while the broker is down.
 
-    def __init__(
-        self,
-        settings: Settings,
-        session_factory: Sessions,
-        metrics: ListenerMetrics,
-    ) -> None:
-        self._session_factory = session_factory
+    The listener's :class:`Enqueuer` sends through one; so does the sender process
+    (:mod:`listeners.sender`), which has no database.
+    """
+
+    def __init__(self, settings: Settings, metrics: ListenerMetrics) -> None:
         self._metrics = metrics
         self._celery: Any = None
         self._send_errors: tuple[type[BaseException], ...] = (OSError,)
@@ -42,11 +40,6 @@ class Enqueuer:
         self._settings = settings
         self._down_until = 0.0
         self._down_logged = False
-        if self._broker_url is None:
-            logger.warning(
-                "no_broker: BONESCAN_BROKER_URL is not set; jobs stay 'received' in the database "
-                "until a broker is configured (the embedded broker is not part of `listen`)"
-            )
 
     def _app(self) -> Any:
         if self._celery is None:
@@ -89,13 +82,8 @@ class Enqueuer:
         logger.info("task_resent task=%s %s", task.value, kwargs)
         return True
 
-    def enqueue(self, job_id: int) -> bool:
-        """Send the job's task; True once the broker has it and the job is ``queued``."""
-        return bool(self.enqueue_many([job_id]))
-
-    def enqueue_many(self, job_ids: list[int]) -> list[int]:
-        """Send each job's task, then mark those the broker took ``queued`` in one transaction;
-        returns their ids (the rest stay ``received`` for the sweeper)."""
+    def send(self, job_ids: list[int]) -> list[int]:
+        """Send each job's ``segment_series`` until the broker fails; the ids it took."""
         if not self.available:
             return []
         app = self._app()
@@ -119,11 +107,55 @@ class Enqueuer:
                 self._metrics.jobs.labels("enqueue_failed").inc()
                 break
             sent.append(job_id)
-        if not sent:
-            return []
-        if self._down_logged:
+        if sent and self._down_logged:
             logger.info("broker_reachable_again")
             self._down_logged = False
+        return sent
+
+
+class Enqueuer:
+    """Sends ``segment_series`` for job ids and marks the jobs ``queued``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Sessions,
+        metrics: ListenerMetrics,
+    ) -> None:
+        self._session_factory = session_factory
+        self._metrics = metrics
+        self.sender = TaskSender(settings, metrics)
+        if settings.broker_url is None:
+            logger.warning(
+                "no_broker: BONESCAN_BROKER_URL is not set; jobs stay 'received' in the database "
+                "until a broker is configured (the embedded broker is not part of `listen`)"
+            )
+
+    def warm_up(self) -> None:
+        self.sender.warm_up()
+
+    @property
+    def available(self) -> bool:
+        return self.sender.available
+
+    def resend(self, task: TaskName, queue: QueueName, **kwargs: int) -> bool:
+        return self.sender.resend(task, queue, **kwargs)
+
+    def enqueue(self, job_id: int) -> bool:
+        """Send the job's task; True once the broker has it and the job is ``queued``."""
+        return bool(self.enqueue_many([job_id]))
+
+    def enqueue_many(self, job_ids: list[int]) -> list[int]:
+        """Send each job's task, then mark those the broker took ``queued`` in one transaction;
+        returns their ids (the rest stay ``received`` for the sweeper)."""
+        sent = self.sender.send(job_ids)
+        self.mark_queued(sent)
+        return sent
+
+    def mark_queued(self, sent: list[int]) -> None:
+        """Record that the broker took these jobs: ``received → queued``, one transaction."""
+        if not sent:
+            return
         self._metrics.jobs.labels("enqueued").inc(len(sent))
         try:
             with self._session_factory.transaction() as connection:
@@ -133,4 +165,3 @@ class Enqueuer:
             logger.warning("jobs_not_marked_queued jobs=%s error=%s", sent, error)
         for job_id in sent:
             logger.info("job_enqueued job=%d task=%s", job_id, TaskName.SEGMENT_SERIES.value)
-        return sent

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from listeners.enqueue import Enqueuer
 from listeners.handlers import Arrival, record, take_batch
 from listeners.metrics import ListenerMetrics
 from listeners.receive import UnreadableDatasetError, parse
+from listeners.sender import SenderProcess
 from listeners.spool import Spool, Stored
 from pipeline.db import ingest
 from pipeline.db.jobs import due_exports, stalled_job_ids
@@ -43,6 +45,15 @@ ENQUEUE_GRACE_S = 1.0  # a job younger than this is still on its way through the
 RESEND_EVERY_S = 30.0
 EXPORT_OVERDUE_S = 120.0
 RECOVERED_CALLING_AE = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A report of the sender process: the jobs whose task the broker took, and how many of
+    its batch it could not send (those stay ``received``; the sweep sends them)."""
+
+    job_ids: list[int]
+    unsent: int
 
 
 class Sweeper(threading.Thread):
@@ -72,7 +83,8 @@ class Sweeper(threading.Thread):
         self.interval_s = interval_s
         self.visibility_timeout_s = visibility_timeout_s
         self._next_resend = time.monotonic() + RESEND_EVERY_S
-        self._arrivals: queue.Queue[Arrival | int] = queue.Queue()
+        self._arrivals: queue.Queue[Arrival | int | _Sent] = queue.Queue()
+        self.sender: SenderProcess | None = None  # started again by the sweep if it died
         self._stopping = threading.Event()
         self._recovered = False
         # Files from before this moment belong to an earlier run; newer ones may be
@@ -86,6 +98,10 @@ class Sweeper(threading.Thread):
     def opened(self, job_id: int) -> None:
         """Queue a job opened (and committed) with its last instance, to be enqueued."""
         self._arrivals.put(job_id)
+
+    def sent(self, job_ids: list[int], unsent: int) -> None:
+        """Queue a sender process's report: these jobs are to be marked ``queued``."""
+        self._arrivals.put(_Sent(job_ids, unsent))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -122,16 +138,23 @@ class Sweeper(threading.Thread):
             self.metrics.jobs.labels("opened").inc()
             self.enqueuer.enqueue(job_id)
 
-    def on_arrivals(self, arrivals: list[Arrival | int]) -> None:
-        """Enqueue the jobs opened with their instance (ints), and open and enqueue the jobs the
-        other arrivals complete, all checks in one transaction.
+    def on_arrivals(self, arrivals: list[Arrival | int | _Sent]) -> None:
+        """Mark ``queued`` the jobs the sender process sent, enqueue the jobs opened with their
+        instance (ints), and open and enqueue the jobs the other arrivals complete, all checks
+        in one transaction.
 
         Under load (many associations) arrivals queue up while the previous batch commits, so
         one commit serves many. A concurrent opener's IntegrityError sends the batch through one
         transaction each, so it costs only that arrival's job (the sweep opens it if still due).
         """
+        reports = [a for a in arrivals if isinstance(a, _Sent)]
+        if reports:
+            self.enqueuer.mark_queued([job_id for r in reports for job_id in r.job_ids])
+            failed = sum(1 for r in reports if r.unsent)
+            if failed:
+                self.metrics.jobs.labels("enqueue_failed").inc(failed)
         job_ids = [a for a in arrivals if isinstance(a, int)]
-        checks = [a for a in arrivals if not isinstance(a, int)]
+        checks = [a for a in arrivals if isinstance(a, Arrival)]
         if checks:
             try:
                 opened = self._open_for(checks)
@@ -160,6 +183,8 @@ class Sweeper(threading.Thread):
         if not self._recovered:
             self.recover()
             self._recovered = True
+        if self.sender is not None:
+            self.sender.ensure_running()
         now = utcnow()
         with self.session_factory() as session:
             waiting = set(ingest.quiet_series_without_job(session, now - timedelta(seconds=1)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from pipeline.db.models import Job
 from pipeline.db.states import JobState
 from tests.conftest import free_port
 from tests.integration import dicom_factory as factory
@@ -208,3 +209,37 @@ def test_spooled_file_whose_row_was_lost_is_filed_after_a_restart(
     wait_for(lambda: len(again.jobs()) == 1, timeout=60, what="its job opened")
     assert "spool_orphans_recovered count=1" in again.log()
     assert again.instances()[0].spool_path == str(listener.spool_files()[0])
+
+
+def test_sender_process_killed_loses_no_job_and_is_started_again(
+    start_listener: StartListener, tmp_path: Path, redis_url: str
+) -> None:
+    """The child that sends the tasks of opened jobs dies: the next scan's job is enqueued by
+    the sweeper instead, and the child is started again."""
+    import os
+    import re
+
+    listener = start_listener(BROKER_URL=redis_url)
+    listener.storescu(factory.save(factory.nm_whole_body(seed=1), tmp_path / "a.dcm"))
+    wait_for(
+        lambda: [j for j in listener.jobs() if j.state == JobState.QUEUED],
+        timeout=20,
+        what="the first job queued through the sender",
+    )
+    [pid] = map(int, re.findall(r"sender_started pid=(\d+)", listener.log()))
+    os.kill(pid, signal.SIGKILL)
+
+    listener.storescu(factory.save(factory.nm_whole_body(seed=2), tmp_path / "b.dcm"))
+
+    def all_queued() -> list[Job] | None:
+        jobs = listener.jobs()
+        return jobs if len(jobs) == 2 and all(j.state == JobState.QUEUED for j in jobs) else None
+
+    jobs = wait_for(all_queued, timeout=30, what="both jobs queued")
+    assert {kwargs["job_id"] for _, kwargs in queued_tasks(redis_url)} == {j.id for j in jobs}
+    wait_for(
+        lambda: len(re.findall(r"sender_started pid=\d+", listener.log())) == 2,
+        timeout=30,
+        what="the sender started again",
+    )
+    assert listener.alive()
