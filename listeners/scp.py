@@ -53,6 +53,7 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 VERIFICATION = "1.2.840.10008.1.1"
 PDU_CAP = 64 * 1024 * 1024  # the largest PDU read when our Maximum Length is unlimited (0)
 ASSOCIATE_RQ_CAP = 1024 * 1024  # an A-ASSOCIATE-RQ is a few kB; more is junk
+CLOSE_WAIT_S = 5.0  # how long a requestor gets to close after our A-ASSOCIATE-RJ / A-RELEASE-RP
 
 # PS3.8 9.3.1 PDU types
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
@@ -288,6 +289,15 @@ class Association:
         with contextlib.suppress(OSError):
             self.send(struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, source, reason))
 
+    def await_close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """PS3.8 9.2 (Sta13): after our A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes
+        the connection. Closing first can reset it before the peer has read that last PDU
+        (seen: a rejected requestor that reported an abort), so wait, briefly, for its close."""
+        with contextlib.suppress(OSError, ValueError):
+            self.sock.settimeout(timeout_s)
+            while self.sock.recv(4096):
+                pass
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -345,6 +355,7 @@ class Association:
             result, source, reason = rejection
             self.send(struct.pack(">BBIBBBB", ASSOCIATE_RJ, 0, 4, 0, result, source, reason))
             self.server.service.rejected(self.peer, REJECTION_REASONS[rejection])
+            self.await_close()
             return False
         self.contexts = plan.contexts
         self.send(plan.accept)
@@ -362,6 +373,7 @@ class Association:
                 self.p_data(body, messages)
             elif pdu_type == RELEASE_RQ:
                 self.send(struct.pack(">BBII", RELEASE_RP, 0, 4, 0))
+                self.await_close()
                 return
             elif pdu_type == ABORT:
                 logger.warning("association_aborted_by_peer calling=%s", self.peer.calling_ae_title)
