@@ -178,8 +178,18 @@ def start_listener(clean_env: dict[str, str], tmp_path: Path) -> Iterator[StartL
         running = RunningListener(process, port, data, url, env, log_path)
         started.append(running)
         if wait:
+            # its own "listening" line, not only an open port: another run's listener (tests
+            # run side by side) may have taken the port this one was given, and this one exits
+            listening = f"listening ae_title={AE_TITLE} "
             wait_for(
-                lambda: port_open(port) or not running.alive(),
+                lambda: (
+                    (
+                        listening in running.log()
+                        and f" port={port} " in running.log()
+                        and port_open(port)
+                    )
+                    or not running.alive()
+                ),
                 timeout=120,  # a deadline, not a measurement: CI hosts can be busy
                 what="the listener to listen",
             )

@@ -103,7 +103,9 @@ def test_association_limit_rejects_the_one_too_many(start_listener: StartListene
     held = [ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE) for _ in range(2)]
     assert all(a.is_established for a in held)
     third = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)
-    assert third.is_rejected
+    assert third.is_rejected, (
+        f"established={third.is_established} aborted={third.is_aborted}\n{listener.log()}"
+    )
     assert (third.acceptor.primitive.result, third.acceptor.primitive.diagnostic) == (2, 2)
     held[0].release()
     wait_for(
