@@ -7,6 +7,7 @@ answered Success only once the instance is in the spool (fsynced) and its row is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -15,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -217,8 +219,7 @@ class _Receipt:
     """One C-STORE on its way in (the SCP's :class:`~listeners.scp.StoreSink`).
 
     From the command on, the data set is written to a partial spool file as its fragments
-    arrive (hashed on the way), and the database is asked on another thread whether the
-    instance was filed before; so when the last fragment is in, what is left is to parse the
+    arrive (hashed on the way); so when the last fragment is in, what is left is to parse the
     header, fsync, rename and commit (:meth:`StoreHandlers.file`).
     """
 
@@ -229,7 +230,6 @@ class _Receipt:
         self.header = PREAMBLE + file_meta(command, peer.calling_ae_title)
         self.writer = handlers.spool.writer(command.sop_instance_uid)
         self.writer.write(self.header)
-        self.seen = handlers.lookups.submit(handlers.seen_before, command.sop_instance_uid)
 
     def write(self, fragment: memoryview) -> None:
         self.writer.write(fragment)
@@ -269,8 +269,6 @@ class StoreHandlers:
         self.metrics = metrics
         self.writer = writer
         self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-hash")
-        # "filed before?" asked while a data set arrives; one per association at most
-        self.lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bonescan-lookup")
 
     def accepted(self, peer: Peer) -> None:
         self.metrics.associations.labels("accepted", "").inc()
@@ -300,6 +298,12 @@ class StoreHandlers:
         with self.session_factory.connect() as connection:
             return filing.instance_exists(connection, sop_instance_uid)
 
+    def _filed_elsewhere(self, sop_instance_uid: str, path: Path) -> bool:
+        """Whether the instance's row names a spool file other than ``path``."""
+        with self.session_factory.connect() as connection:
+            filed = filing.instance_spool_path(connection, sop_instance_uid)
+        return filed is not None and filed != str(path)
+
     def file(self, receipt: _Receipt, data: memoryview) -> Answer:  # noqa: PLR0911 (one answer per outcome)
         """The data set is complete and spooled to a partial file: parse it, make the file
         durable under its final name, commit its row, then answer."""
@@ -322,11 +326,14 @@ class StoreHandlers:
                 sop_uid, calling, DATASET_MISMATCH, "SOP Instance UID differs from the request's"
             )
         try:
-            if receipt.seen.result():
-                return self._duplicate(sop_uid, calling)
             path = self.spool.path_for(
                 parsed.study_instance_uid, parsed.series_instance_uid, sop_uid
             )
+            # A resend finds its file in place (a stat, not a query, for every new instance);
+            # the row decides. One whose file is elsewhere (another study) is caught by the
+            # insert below.
+            if path.exists() and self.seen_before(sop_uid):
+                return self._duplicate(sop_uid, calling)
             stored = receipt.writer.commit(path)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
@@ -339,7 +346,10 @@ class StoreHandlers:
         except SQLAlchemyError as error:
             self.spool.remove(stored.path)  # nothing half-written: no file without its row
             return self._out_of_resources(sop_uid, "database", error)
-        if recorded.instance_id is None:
+        if recorded.instance_id is None:  # filed meanwhile, or before under another path
+            with contextlib.suppress(OSError, SQLAlchemyError):
+                if self._filed_elsewhere(sop_uid, stored.path):
+                    self.spool.remove(stored.path)  # the row keeps its own file
             return self._duplicate(sop_uid, calling)
         self._accepted(parsed, stored, calling)
         if recorded.job_id is not None:

@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 ARRIVAL_BATCH = 64  # arrivals checked in one transaction at most
 ENQUEUE_GRACE_S = 1.0  # a job younger than this is still on its way through the arrival path
+# The sender process's reports are marked ``queued`` this long after the first of them came,
+# all in one transaction: a transaction per scan took the interpreter and SQLite's write lock
+# from the associations (~1 ms a scan) for a state a worker does not wait for.
+MARK_DELAY_S = 0.2
+MARK_BATCH = 512  # reports holding this many job ids are marked at once
 # Lost-message safety net: how often to look, and how overdue an export must be to be resent.
 RESEND_EVERY_S = 30.0
 EXPORT_OVERDUE_S = 120.0
@@ -84,6 +89,8 @@ class Sweeper(threading.Thread):
         self.visibility_timeout_s = visibility_timeout_s
         self._next_resend = time.monotonic() + RESEND_EVERY_S
         self._arrivals: queue.Queue[Arrival | int | _Sent] = queue.Queue()
+        self._to_mark: list[int] = []  # sent by the sender process, not yet marked queued
+        self._mark_due: float | None = None
         self.sender: SenderProcess | None = None  # started again by the sweep if it died
         self._stopping = threading.Event()
         self._recovered = False
@@ -109,15 +116,31 @@ class Sweeper(threading.Thread):
     def run(self) -> None:
         next_sweep = time.monotonic()
         while not self._stopping.is_set():
+            wake = next_sweep if self._mark_due is None else min(next_sweep, self._mark_due)
             try:
-                arrival = self._arrivals.get(timeout=max(0.0, next_sweep - time.monotonic()))
+                arrival = self._arrivals.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 arrival = None
             if arrival is not None:  # with what came meanwhile: one transaction
                 self._guarded(self.on_arrivals, take_batch(self._arrivals, arrival, ARRIVAL_BATCH))
+            if self._mark_due is not None and time.monotonic() >= self._mark_due:
+                self._guarded(self.mark_sent)
             if time.monotonic() >= next_sweep:
                 self._guarded(self.sweep)
                 next_sweep = time.monotonic() + self.interval_s
+        while True:  # the sender's last reports (it is stopped first); the rest waits for a sweep
+            try:
+                arrival = self._arrivals.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(arrival, _Sent):
+                self._to_mark.extend(arrival.job_ids)
+        self._guarded(self.mark_sent)
+
+    def mark_sent(self) -> None:
+        """Mark ``queued`` the jobs the sender process reported sent (one transaction)."""
+        job_ids, self._to_mark, self._mark_due = self._to_mark, [], None
+        self.enqueuer.mark_queued(job_ids)
 
     def _guarded(self, step: object, *args: object) -> None:
         try:
@@ -139,9 +162,9 @@ class Sweeper(threading.Thread):
             self.enqueuer.enqueue(job_id)
 
     def on_arrivals(self, arrivals: list[Arrival | int | _Sent]) -> None:
-        """Mark ``queued`` the jobs the sender process sent, enqueue the jobs opened with their
-        instance (ints), and open and enqueue the jobs the other arrivals complete, all checks
-        in one transaction.
+        """Collect the jobs the sender process sent (marked ``queued`` by :meth:`mark_sent`
+        within :data:`MARK_DELAY_S`), enqueue the jobs opened with their instance (ints), and
+        open and enqueue the jobs the other arrivals complete, all checks in one transaction.
 
         Under load (many associations) arrivals queue up while the previous batch commits, so
         one commit serves many. A concurrent opener's IntegrityError sends the batch through one
@@ -149,7 +172,11 @@ class Sweeper(threading.Thread):
         """
         reports = [a for a in arrivals if isinstance(a, _Sent)]
         if reports:
-            self.enqueuer.mark_queued([job_id for r in reports for job_id in r.job_ids])
+            self._to_mark.extend(job_id for r in reports for job_id in r.job_ids)
+            if self._mark_due is None:
+                self._mark_due = time.monotonic() + MARK_DELAY_S
+            if len(self._to_mark) >= MARK_BATCH:
+                self.mark_sent()
             failed = sum(1 for r in reports if r.unsent)
             if failed:
                 self.metrics.jobs.labels("enqueue_failed").inc(failed)

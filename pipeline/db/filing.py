@@ -14,6 +14,7 @@ commits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ JOBS: Table = Job.__table__  # type: ignore[assignment]
 EVENTS: Table = JobEvent.__table__  # type: ignore[assignment]
 
 COMPLETE_2_FRAME = "complete: 2-frame whole-body"
+_INSERT_EVENTS = EVENTS.insert()  # built once (see _insert_ignore_in)
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,20 @@ class Filed:
     job_id: int | None = None  # the job its arrival opened (a 2-frame scan), if any
 
 
-def _insert_ignore(connection: Connection, table: Table, key: str) -> Insert:
-    """``INSERT … ON CONFLICT (key) DO NOTHING`` in the connection's dialect."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
-    return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+def _insert_ignore(connection: Connection, table: Table, key: str, *returning: str) -> Insert:
+    """``INSERT … ON CONFLICT (key) DO NOTHING [RETURNING …]`` in the connection's dialect."""
+    return _insert_ignore_in(connection.dialect.name, table, key, returning)
+
+
+@functools.cache
+def _insert_ignore_in(dialect: str, table: Table, key: str, returning: tuple[str, ...]) -> Insert:
+    # Built once and reused: SQLAlchemy keeps a statement's cache key with the statement, so a
+    # reused one is not walked again on every execution (half the cost of filing a scan).
+    module = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table).on_conflict_do_nothing(index_elements=[key])
+    if returning:
+        statement = statement.returning(*(table.c[name] for name in returning))
+    return statement
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -73,14 +84,18 @@ def _ids(connection: Connection, table: Table, key: str, values: set[str]) -> di
 def _upsert(
     connection: Connection, table: Table, key: str, wanted: dict[str, dict[str, Any]]
 ) -> dict[str, int]:
-    """The ids of the rows ``wanted`` describes (by their ``key``), inserting the missing ones
-    (a row that is there costs one SELECT)."""
-    known = _ids(connection, table, key, set(wanted))
-    new = [{key: uid, **row} for uid, row in wanted.items() if uid not in known]
-    if not new:
-        return known
-    connection.execute(_insert_ignore(connection, table, key), new)
-    return _ids(connection, table, key, set(wanted))
+    """The ids of the rows ``wanted`` describes (by their ``key``), inserting the missing ones.
+
+    Insert first: a new row (a scan's study and series, the common case) costs one statement;
+    a row that is there, that statement and a SELECT.
+    """
+    statement = _insert_ignore(connection, table, key, key, "id")
+    rows = [{key: uid, **row} for uid, row in wanted.items()]
+    ids = {uid: int(id_) for uid, id_ in connection.execute(statement, rows)}
+    there = set(wanted) - set(ids)
+    if there:
+        ids.update(_ids(connection, table, key, there))
+    return ids
 
 
 def _upsert_studies(
@@ -128,9 +143,7 @@ def _insert_instances(
     connection: Connection, rows: Sequence[ReceivedInstance], series: dict[str, int], now: datetime
 ) -> dict[str, int]:
     """Insert the instances (one statement); the ids of those inserted, by SOP Instance UID."""
-    statement = _insert_ignore(connection, INSTANCES, "sop_instance_uid").returning(
-        INSTANCES.c.sop_instance_uid, INSTANCES.c.id
-    )
+    statement = _insert_ignore(connection, INSTANCES, "sop_instance_uid", "sop_instance_uid", "id")
     values: list[dict[str, Any]] = [
         {
             "series_id": series[row.series_instance_uid],
@@ -157,9 +170,7 @@ def _open_jobs(
 ) -> list[int | None]:
     """Insert jobs (one statement; those whose idempotency key exists are left out) and the
     first events of each inserted one; the job ids, None where the job existed."""
-    statement = _insert_ignore(connection, JOBS, "idempotency_key").returning(
-        JOBS.c.idempotency_key, JOBS.c.id
-    )
+    statement = _insert_ignore(connection, JOBS, "idempotency_key", "idempotency_key", "id")
     opened = {key: int(id_) for key, id_ in connection.execute(statement, jobs)}
     ids = [opened.pop(job["idempotency_key"], None) for job in jobs]
     rows = [
@@ -169,7 +180,7 @@ def _open_jobs(
         for event in job_events
     ]
     if rows:
-        connection.execute(EVENTS.insert(), rows)
+        connection.execute(_INSERT_EVENTS, rows)
     return ids
 
 
@@ -229,6 +240,14 @@ def instance_exists(connection: Connection, sop_instance_uid: str) -> bool:
     return connection.execute(statement.limit(1)).first() is not None
 
 
+def instance_spool_path(connection: Connection, sop_instance_uid: str) -> str | None:
+    """The spool path of ``sop_instance_uid``'s row; None when it has none."""
+    statement = select(INSTANCES.c.spool_path).where(
+        INSTANCES.c.sop_instance_uid == sop_instance_uid
+    )
+    return connection.execute(statement.limit(1)).scalar()
+
+
 def file_instances(
     connection: Connection,
     rows: Sequence[ReceivedInstance],
@@ -282,7 +301,7 @@ def mark_queued(connection: Connection, job_ids: Sequence[int], detail: str) -> 
     ]
     if moved:
         connection.execute(
-            EVENTS.insert(),
+            _INSERT_EVENTS,
             [
                 {
                     "job_id": job_id,

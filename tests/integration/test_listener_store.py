@@ -119,6 +119,26 @@ def test_resent_instance_is_success_and_recorded_once(
     assert {kwargs["job_id"] for _, kwargs in queued_tasks(redis_url)} == {listener.jobs()[0].id}
 
 
+def test_resent_instance_keeps_its_first_file(start_listener: StartListener, tmp_path: Path) -> None:
+    """A resend is answered Success and changes nothing on disk: the same bytes again, and the
+    same SOP Instance under another study (a corrected header), whose file would lie elsewhere."""
+    listener = start_listener()
+    scan = factory.nm_whole_body()
+    first = factory.save(scan, tmp_path / "first.dcm")
+    listener.storescu(first)
+    [spooled] = listener.spool_files()
+    original = spooled.read_bytes()
+    listener.storescu(first)
+    scan.StudyInstanceUID = pydicom.uid.generate_uid()
+    scan.PatientName = "Corrected^Name"
+    listener.storescu(factory.save(scan, tmp_path / "moved.dcm"))
+    assert listener.spool_files() == [spooled]
+    assert spooled.read_bytes() == original
+    [instance] = listener.instances()
+    assert instance.spool_path == str(spooled)
+    assert listener.log().count("instance_duplicate") == 2
+
+
 def test_pair_of_single_frame_views_opens_one_job(
     start_listener: StartListener, tmp_path: Path, redis_url: str
 ) -> None:
