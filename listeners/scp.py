@@ -546,6 +546,7 @@ class StoreServer:
         self.supported = list(ae.supported_contexts)
         self._lock = threading.Lock()
         self._plans: dict[bytes, _Plan] = {}
+        self._planning: dict[bytes, threading.Event] = {}  # requests being negotiated now
         self._active: set[Association] = set()
         self._idle = threading.Condition(self._lock)
         self._closing = threading.Event()
@@ -597,17 +598,35 @@ class StoreServer:
         """What to answer an A-ASSOCIATE-RQ: the same request bytes get the same answer, so the
         plan is cached (a modality sends the same request every time, and decoding and
         negotiating a hundred presentation contexts costs tens of milliseconds of Python)."""
+        if len(raw) > PLAN_CACHE_RQ_BYTES:
+            return self._plan(raw)
         with self._lock:
             plan = self._plans.get(raw)
-        if plan is None:
-            plan = self._plan(raw)
-            if len(raw) > PLAN_CACHE_RQ_BYTES:
+            if plan is not None:
                 return plan
+            # one negotiation per distinct request: a modality that opens twenty associations
+            # at once waits for the first's plan instead of negotiating twenty times
+            pending = self._planning.get(raw)
+            first = pending is None
+            if first:
+                pending = self._planning[raw] = threading.Event()
+        assert pending is not None
+        if not first:
+            pending.wait(self.acse_timeout)
+            with self._lock:
+                plan = self._plans.get(raw)
+            return plan if plan is not None else self._plan(raw)
+        try:
+            plan = self._plan(raw)
             with self._lock:
                 if len(self._plans) >= PLAN_CACHE:
                     self._plans.pop(next(iter(self._plans)))
                 self._plans[raw] = plan
-        return plan
+            return plan
+        finally:
+            with self._lock:
+                del self._planning[raw]
+            pending.set()
 
     def _plan(self, raw: bytes) -> _Plan:
         rq = A_ASSOCIATE_RQ()

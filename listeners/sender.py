@@ -37,8 +37,8 @@ BATCH = 256  # ids sent before a report at most
 RESTART_EVERY_S = 10.0  # a child that keeps dying is started again at most this often
 STOP_TIMEOUT_S = 10.0
 
-# sent ids, and how many of the batch were not sent (the broker failed)
-Report = tuple[list[int], int]
+# the ids the broker took, and those it did not (it failed)
+Report = tuple[list[int], list[int]]
 
 
 def run_sender(settings: Settings, jobs: Connection, reports: Connection) -> None:
@@ -61,8 +61,9 @@ def run_sender(settings: Settings, jobs: Connection, reports: Connection) -> Non
         except (EOFError, OSError):
             return
         sent = sender.send(ids)
+        taken = set(sent)
         try:
-            reports.send((sent, len(ids) - len(sent)))
+            reports.send((sent, [job_id for job_id in ids if job_id not in taken]))
         except OSError:
             return
 
@@ -71,7 +72,8 @@ class SenderProcess:
     """The listener's side of the sender process: start, hand over job ids, read reports.
 
     ``on_report(sent_ids, unsent)`` is called on a reader thread for every batch the child
-    handled.
+    handled. :meth:`in_flight` tells the sweeper which jobs the child has and has not reported
+    yet, so that it does not send them a second time.
     """
 
     def __init__(self, settings: Settings, on_report: Callable[[list[int], int], None]) -> None:
@@ -83,6 +85,7 @@ class SenderProcess:
         self._jobs: Connection | None = None
         self._next_start = 0.0
         self._stopping = False
+        self._in_flight: set[int] = set()  # handed to the child, not yet reported
 
     @property
     def pid(self) -> int | None:
@@ -103,6 +106,7 @@ class SenderProcess:
             daemon=True,
         )
         process.start()
+        self._in_flight.clear()  # a dead child's jobs are the sweep's again
         jobs_in.close()  # the child's ends: this process keeps only its own
         reports_out.close()
         os.set_blocking(jobs_out.fileno(), False)  # a full pipe must not hold an association
@@ -122,9 +126,19 @@ class SenderProcess:
                 reports.close()
                 return
             try:
-                self._on_report(sent, unsent)
+                self._on_report(sent, len(unsent))
             except Exception:  # the reader must outlive a bug in one report's handling
                 logger.exception("sender_report_failed")
+            with self._lock:
+                self._in_flight.difference_update(sent)
+                self._in_flight.difference_update(unsent)
+
+    def in_flight(self) -> set[int]:
+        """The jobs handed to a running child that it has not reported on yet."""
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                return set()
+            return set(self._in_flight)
 
     def submit(self, job_id: int) -> bool:
         """Hand a committed job's id to the child; False when it cannot take it now."""
@@ -136,6 +150,7 @@ class SenderProcess:
                 jobs.send_bytes(JOB_ID.pack(job_id))  # one write of 12 bytes: all or nothing
             except (OSError, ValueError):  # full (BlockingIOError), child gone (BrokenPipe)
                 return False
+            self._in_flight.add(job_id)
         return True
 
     def ensure_running(self) -> None:

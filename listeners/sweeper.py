@@ -225,9 +225,11 @@ class Sweeper(threading.Thread):
         if self.enqueuer.available:
             with self.session_factory() as session:
                 pending = ingest.pending_job_ids(session, now - timedelta(seconds=ENQUEUE_GRACE_S))
-            for job_id in pending:
-                if not self.enqueuer.enqueue(job_id):
-                    break
+            # not those the sender process has, or sent and this thread has yet to mark
+            on_their_way = set(self._to_mark)
+            if self.sender is not None:
+                on_their_way |= self.sender.in_flight()
+            self.enqueuer.enqueue_many([job_id for job_id in pending if job_id not in on_their_way])
         if self.enqueuer.available and time.monotonic() >= self._next_resend:
             self._next_resend = time.monotonic() + RESEND_EVERY_S
             self.resend_lost(now)

@@ -61,8 +61,11 @@ def _insert_ignore(connection: Connection, table: Table, key: str, *returning: s
 def _insert_ignore_in(dialect: str, table: Table, key: str, returning: tuple[str, ...]) -> Insert:
     # Built once and reused: SQLAlchemy keeps a statement's cache key with the statement, so a
     # reused one is not walked again on every execution (half the cost of filing a scan).
-    module = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(table).on_conflict_do_nothing(index_elements=[key])
+    statement: Insert
+    if dialect == "postgresql":
+        statement = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+    else:
+        statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
     if returning:
         statement = statement.returning(*(table.c[name] for name in returning))
     return statement
