@@ -14,7 +14,7 @@ import queue
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
 from listeners.receive import (
+    Header,
     Parsed,
     UnreadableDatasetError,
     parse_header,
@@ -228,7 +229,8 @@ class _Receipt:
         self.peer = peer
         self.command = command
         self.header = PREAMBLE + file_meta(command, peer.calling_ae_title)
-        self.writer = handlers.spool.writer(command.sop_instance_uid)
+        # hashed at the end, on another core, while the header is parsed (StoreHandlers.file)
+        self.writer = handlers.spool.writer(command.sop_instance_uid, hash_here=False)
         self.writer.write(self.header)
 
     def write(self, fragment: memoryview) -> None:
@@ -304,9 +306,21 @@ class StoreHandlers:
             filed = filing.instance_spool_path(connection, sop_instance_uid)
         return filed is not None and filed != str(path)
 
-    def file(self, receipt: _Receipt, data: memoryview) -> Answer:  # noqa: PLR0911 (one answer per outcome)
+    def file(self, receipt: _Receipt, data: memoryview) -> Answer:
         """The data set is complete and spooled to a partial file: parse it, make the file
-        durable under its final name, commit its row, then answer."""
+        durable under its final name, commit its row, then answer.
+
+        The partial file's fsync and the content digest start first, on other threads, and
+        run while the header is parsed.
+        """
+        receipt.writer.start_sync()
+        content = self._hashing.submit(sha256_hex, receipt.header, data)
+        try:
+            return self._file(receipt, data, content)
+        finally:
+            _settle(content)  # nothing reads ``data`` once the handler has answered
+
+    def _file(self, receipt: _Receipt, data: memoryview, content: Future[str]) -> Answer:
         command = receipt.command
         sop_uid = command.sop_instance_uid
         calling = receipt.peer.calling_ae_title
@@ -320,6 +334,21 @@ class StoreHandlers:
         pixel_digest = (
             None if received.pixels is None else self._hashing.submit(sha256_hex, received.pixels)
         )
+        try:
+            return self._store(receipt, received, content, pixel_digest)
+        finally:
+            if pixel_digest is not None:
+                _settle(pixel_digest)
+
+    def _store(
+        self,
+        receipt: _Receipt,
+        received: Header,
+        content: Future[str],
+        pixel_digest: Future[str] | None,
+    ) -> Answer:
+        sop_uid = receipt.command.sop_instance_uid
+        calling = receipt.peer.calling_ae_title
         parsed = received.parsed
         if parsed.sop_instance_uid != sop_uid:
             return self._refuse(
@@ -334,7 +363,7 @@ class StoreHandlers:
             # insert below.
             if path.exists() and self.seen_before(sop_uid):
                 return self._duplicate(sop_uid, calling)
-            stored = receipt.writer.commit(path)
+            stored = receipt.writer.commit(path, content.result)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
         if pixel_digest is not None:
@@ -410,6 +439,12 @@ class StoreHandlers:
             str(getattr(error, "orig", None) or error).splitlines()[0][:300],
         )
         return Answer(OUT_OF_RESOURCES, f"{what} unavailable: try again later")
+
+
+def _settle(future: Future[str]) -> None:
+    """Cancel ``future`` if it has not started, else wait for it to end."""
+    if not future.cancel():
+        future.exception()
 
 
 PREAMBLE = b"\x00" * 128 + b"DICM"

@@ -109,6 +109,20 @@ def _sync_file_range() -> Callable[[int, int, int], None] | None:
 _START_WRITEBACK = _sync_file_range()
 
 
+def _sync_and_close(fd: int, sync: Future[None] | None) -> None:
+    """fsync ``fd`` (or wait for the fsync already started on it) and close it; raises the
+    fsync's OSError after closing."""
+    try:
+        if sync is None:
+            os.fsync(fd)
+        else:
+            sync.result()
+    finally:
+        if sync is not None:
+            sync.exception()  # the descriptor is not closed under its fsync
+        os.close(fd)
+
+
 class SpoolWriter:
     """One instance being written while it arrives: :meth:`write` the bytes as they come,
     then :meth:`commit` them under their final name (or :meth:`discard`).
@@ -128,6 +142,7 @@ class SpoolWriter:
         self._hasher = hashlib.sha256() if hash_here else None
         self.size = 0
         self._synced_to = 0
+        self._sync: Future[None] | None = None  # the fsync start_sync() began
         self.error: OSError | None = None
         self._fd: int | None = None
         self.partial = incoming / f".{name}.{os.getpid()}.{time.monotonic_ns()}{PARTIAL_SUFFIX}"
@@ -168,6 +183,12 @@ class SpoolWriter:
             _START_WRITEBACK(self._fd, self._synced_to, self.size - self._synced_to)
             self._synced_to = self.size
 
+    def start_sync(self) -> None:
+        """Start the fsync of what was written, on another thread (:meth:`commit` waits for
+        it): the data go to disk while the caller parses the header that names their folder."""
+        if self._fd is not None and self.error is None and self._sync is None:
+            self._sync = self._syncer.submit(os.fsync, self._fd)
+
     def commit(self, path: Path, digest: Callable[[], str] | None = None) -> Stored:
         """Make the bytes durable under ``path`` (see :meth:`Spool.write`).
 
@@ -183,17 +204,17 @@ class SpoolWriter:
             self.discard()
             raise self.error or OSError("spool writer already closed")
         fd, self._fd = self._fd, None
+        sync, self._sync = self._sync, None
         parents: list[Future[None]] = []
         try:
             try:
-                # A new folder's entry is made durable by fsyncing its parent: on another
-                # thread, while this one fsyncs the data.
-                for folder in _make_dirs(path.parent):
-                    parents.append(self._syncer.submit(_fsync_dir, folder))
                 try:
-                    os.fsync(fd)
+                    # A new folder's entry is made durable by fsyncing its parent: on another
+                    # thread, while the data are fsynced.
+                    for folder in _make_dirs(path.parent):
+                        parents.append(self._syncer.submit(_fsync_dir, folder))
                 finally:
-                    os.close(fd)
+                    _sync_and_close(fd, sync)
                 os.replace(self.partial, path)
             except BaseException:
                 self.partial.unlink(missing_ok=True)
@@ -218,6 +239,9 @@ class SpoolWriter:
     def discard(self) -> None:
         """Drop what was written (the data set was refused, or never completed)."""
         fd, self._fd = self._fd, None
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.exception()  # the descriptor is not closed under its fsync
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -231,7 +255,9 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.incoming = root / INCOMING
-        self._syncer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-fsync")
+        # fsyncs wait on the disk, not the processor: enough threads for many associations'
+        # data and new folders at once
+        self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bonescan-fsync")
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """The final path of an instance; ``ValueError`` if a UID is not a valid UID."""
