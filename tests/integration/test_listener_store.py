@@ -119,7 +119,9 @@ def test_resent_instance_is_success_and_recorded_once(
     assert {kwargs["job_id"] for _, kwargs in queued_tasks(redis_url)} == {listener.jobs()[0].id}
 
 
-def test_resent_instance_keeps_its_first_file(start_listener: StartListener, tmp_path: Path) -> None:
+def test_resent_instance_keeps_its_first_file(
+    start_listener: StartListener, tmp_path: Path
+) -> None:
     """A resend is answered Success and changes nothing on disk: the same bytes again, and the
     same SOP Instance under another study (a corrected header), whose file would lie elsewhere."""
     listener = start_listener()
