@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 JOB_ID = struct.Struct("<q")
 BATCH = 256  # ids sent before a report at most
 RESTART_EVERY_S = 10.0  # a child that keeps dying is started again at most this often
+# A job handed to the child and not reported on within this long is the sweep's again (a child
+# that hangs on a broker must not keep its jobs from being sent)
+IN_FLIGHT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 # the ids the broker took, and those it did not (it failed)
@@ -85,7 +88,7 @@ class SenderProcess:
         self._jobs: Connection | None = None
         self._next_start = 0.0
         self._stopping = False
-        self._in_flight: set[int] = set()  # handed to the child, not yet reported
+        self._in_flight: dict[int, float] = {}  # handed to the child, not yet reported: when
 
     @property
     def pid(self) -> int | None:
@@ -130,14 +133,18 @@ class SenderProcess:
             except Exception:  # the reader must outlive a bug in one report's handling
                 logger.exception("sender_report_failed")
             with self._lock:
-                self._in_flight.difference_update(sent)
-                self._in_flight.difference_update(unsent)
+                for job_id in (*sent, *unsent):
+                    self._in_flight.pop(job_id, None)
 
     def in_flight(self) -> set[int]:
-        """The jobs handed to a running child that it has not reported on yet."""
+        """The jobs handed to a running child that it has not reported on yet, for at most
+        :data:`IN_FLIGHT_S` (older ones are forgotten: the sweep sends them)."""
         with self._lock:
             if self._process is None or not self._process.is_alive():
                 return set()
+            since = time.monotonic() - IN_FLIGHT_S
+            for job_id in [j for j, handed in self._in_flight.items() if handed < since]:
+                del self._in_flight[job_id]
             return set(self._in_flight)
 
     def submit(self, job_id: int) -> bool:
@@ -150,7 +157,7 @@ class SenderProcess:
                 jobs.send_bytes(JOB_ID.pack(job_id))  # one write of 12 bytes: all or nothing
             except (OSError, ValueError):  # full (BlockingIOError), child gone (BrokenPipe)
                 return False
-            self._in_flight.add(job_id)
+            self._in_flight[job_id] = time.monotonic()
         return True
 
     def ensure_running(self) -> None:
