@@ -7,7 +7,10 @@ Each server first gets one unmeasured warm-up pass; then every round measures al
 order rotating from round to round, and the table shows the median of the rounds. Order
 matters on a VM: memory the guest touches for the first time is slow to fault in, so whichever
 server ran first wrote its files into cold page cache (storescp measured 527 files/s after
-another server's files had been deleted and 213 files/s when it ran first).
+another server's files had been deleted and 213 files/s when it ran first). A second table
+gives each server's CPU time per file (user + system of its process and children, from
+``/proc``), which is steadier than files/s on a shared VM and shows where a rate is bounded by
+the processor.
 
 Everything binds or is sent to 127.0.0.1 (storescp and Orthanc bind all interfaces: FACTS.md).
 DCMTK gets TCP_NODELAY=1 (FACTS.md). bonescan runs as in production: SQLite in its data dir,
@@ -42,6 +45,8 @@ from pipeline.db.migrate import upgrade  # noqa: E402
 from tests.integration import dicom_factory as factory  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
+# a running server: port, AE title, how many files it kept, its process id
+Server = tuple[int, str, Callable[[], int], int]
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
@@ -95,7 +100,7 @@ def send(port: int, ae_title: str, files: list[Path], parallel: int) -> float:
 
 
 @contextmanager
-def storescp(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
+def storescp(work: Path) -> Iterator[Server]:
     port, out = free_port(), work / "storescp"
     out.mkdir()
     process = subprocess.Popen(
@@ -106,14 +111,14 @@ def storescp(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
     )
     try:
         wait_port(port)
-        yield port, "STORESCP", lambda: sum(1 for p in out.iterdir() if p.is_file())
+        yield port, "STORESCP", lambda: sum(1 for p in out.iterdir() if p.is_file()), process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
 @contextmanager
-def orthanc(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
+def orthanc(work: Path) -> Iterator[Server]:
     port, http, storage = free_port(), free_port(), work / "orthanc"
     storage.mkdir()
     config = work / "orthanc.json"
@@ -146,6 +151,7 @@ def orthanc(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
             port,
             "ORTHANC",
             lambda: sum(1 for p in storage.rglob("*") if p.is_file() and len(p.name) > 30),
+            process.pid,
         )
     finally:
         process.terminate()
@@ -153,7 +159,7 @@ def orthanc(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 
 
 @contextmanager
-def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
+def bonescan(work: Path) -> Iterator[Server]:
     port, data = free_port(), work / "bonescan"
     url = f"sqlite:///{data / 'bonescan.db'}"
     upgrade(url)
@@ -185,7 +191,8 @@ def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 
     try:
         wait_port(port)
-        yield port, "BONESCAN", count
+        time.sleep(2)  # the sender process loads Celery after the port opens: not measured
+        yield port, "BONESCAN", count, process.pid
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -196,17 +203,37 @@ def bonescan(work: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 SERVERS = {"bonescan": bonescan, "storescp": storescp, "Orthanc": orthanc}
 
 
-def measure(name: str, parallel: int, scans: list[Path], tmp: Path, label: str) -> float:
-    """files/s of one pass of ``scans`` to a fresh ``name`` server over ``parallel``."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` and its living descendants (Linux ``/proc``)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+def measure(
+    name: str, parallel: int, scans: list[Path], tmp: Path, label: str
+) -> tuple[float, float]:
+    """files/s of one pass of ``scans`` to a fresh ``name`` server over ``parallel``, and the
+    server's CPU milliseconds per file."""
     work = tmp / f"{name}-{parallel}-{label}"
     work.mkdir()
     try:
-        with SERVERS[name](work) as (port, ae_title, received):
+        with SERVERS[name](work) as (port, ae_title, received, pid):
+            cpu = cpu_seconds(pid)
             seconds = send(port, ae_title, scans, parallel)
+            cpu = cpu_seconds(pid) - cpu
             got = received()
         if got != len(scans):
             raise RuntimeError(f"{name} kept {got} of {len(scans)} files")
-        return len(scans) / seconds
+        return len(scans) / seconds, 1000 * cpu / len(scans)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -221,21 +248,26 @@ def main() -> None:
     names = list(SERVERS)
     levels = (1, args.parallel)
     results: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bonescan-bench-") as tmp:
         scans = make_scans(Path(tmp) / "scans", args.files)
         size_mb = sum(p.stat().st_size for p in scans) / len(scans) / 1e6
         print(f"{len(scans)} scans of {size_mb:.2f} MB; {os.cpu_count()} CPUs", flush=True)
         for name in names:
-            rate = measure(name, 1, scans, Path(tmp), "warm-up")
+            rate, _ = measure(name, 1, scans, Path(tmp), "warm-up")
             print(f"  warm-up   {name:9s}  1 assoc: {rate:7.1f} files/s")
         for round_ in range(args.rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
                 for parallel in levels:
-                    rate = measure(name, parallel, scans, Path(tmp), str(round_))
+                    rate, ms = measure(name, parallel, scans, Path(tmp), str(round_))
                     results.setdefault((name, parallel), []).append(rate)
+                    cpu.setdefault((name, parallel), []).append(ms)
                     label = f"round {round_ + 1}"
-                    print(f"  {label:9s} {name:9s} {parallel:2d} assoc: {rate:7.1f} files/s")
+                    print(
+                        f"  {label:9s} {name:9s} {parallel:2d} assoc: {rate:7.1f} files/s, "
+                        f"{ms:5.1f} ms CPU per file"
+                    )
     median = {key: statistics.median(rates) for key, rates in results.items()}
     print()
     print(f"median of {args.rounds} rounds, files/s:")
@@ -250,6 +282,14 @@ def main() -> None:
             f"| {parallel} | {ours:.1f} | {scp:.1f} | {orth:.1f} | {ours / orth:.2f} | "
             f"{ours / scp:.2f} |"
         )
+    print()
+    print("server CPU per file (user + system, the process and its children), median, ms:")
+    print()
+    print("| associations | bonescan | storescp | Orthanc |")
+    print("| --- | --- | --- | --- |")
+    for parallel in levels:
+        ms = [statistics.median(cpu[n, parallel]) for n in ("bonescan", "storescp", "Orthanc")]
+        print(f"| {parallel} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} |")
 
 
 if __name__ == "__main__":
