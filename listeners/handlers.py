@@ -220,8 +220,9 @@ class _Receipt:
     """One C-STORE on its way in (the SCP's :class:`~listeners.scp.StoreSink`).
 
     From the command on, the data set is written to a partial spool file as its fragments
-    arrive (hashed on the way); so when the last fragment is in, what is left is to parse the
-    header, fsync, rename and commit (:meth:`StoreHandlers.file`).
+    arrive; so when the last fragment is in, what is left is to hash and fsync it (on other
+    threads, while the header is parsed), rename it and commit its row
+    (:meth:`StoreHandlers.file`).
     """
 
     def __init__(self, handlers: StoreHandlers, peer: Peer, command: StoreCommand) -> None:
