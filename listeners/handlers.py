@@ -315,31 +315,28 @@ class StoreHandlers:
         run while the header is parsed.
         """
         receipt.writer.start_sync()
-        content = self._hashing.submit(sha256_hex, receipt.header, data)
-        try:
-            return self._file(receipt, data, content)
-        finally:
-            _settle(content)  # nothing reads ``data`` once the handler has answered
-
-    def _file(self, receipt: _Receipt, data: memoryview, content: Future[str]) -> Answer:
+        futures: list[Future[str]] = [self._hashing.submit(sha256_hex, receipt.header, data)]
         command = receipt.command
-        sop_uid = command.sop_instance_uid
-        calling = receipt.peer.calling_ae_title
         try:
-            received = parse_header(
-                receipt.header, data, command.sop_class_uid, command.transfer_syntax_uid
-            )
-        except UnreadableDatasetError as error:
-            return self._refuse(sop_uid, calling, CANNOT_UNDERSTAND, str(error))
-        # the pixel digest on another core (hashlib releases the GIL) while the file is synced
-        pixel_digest = (
-            None if received.pixels is None else self._hashing.submit(sha256_hex, received.pixels)
-        )
-        try:
-            return self._store(receipt, received, content, pixel_digest)
+            try:
+                received = parse_header(
+                    receipt.header, data, command.sop_class_uid, command.transfer_syntax_uid
+                )
+            except UnreadableDatasetError as error:
+                return self._refuse(
+                    command.sop_instance_uid,
+                    receipt.peer.calling_ae_title,
+                    CANNOT_UNDERSTAND,
+                    str(error),
+                )
+            pixel_digest = None  # on another core too (hashlib releases the GIL)
+            if received.pixels is not None:
+                pixel_digest = self._hashing.submit(sha256_hex, received.pixels)
+                futures.append(pixel_digest)
+            return self._store(receipt, received, futures[0], pixel_digest)
         finally:
-            if pixel_digest is not None:
-                _settle(pixel_digest)
+            for future in futures:  # nothing reads ``data`` once the handler has answered
+                _settle(future)
 
     def _store(
         self,

@@ -159,10 +159,6 @@ class SpoolWriter:
             self._incoming.mkdir(parents=True, exist_ok=True)
             return os.open(self.partial, flags, 0o640)
 
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
     def write(self, chunk: bytes | memoryview) -> None:
         """Append ``chunk``; after a failure, nothing (the error waits for :meth:`commit`)."""
         if self._fd is None:

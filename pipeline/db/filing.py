@@ -239,8 +239,7 @@ def open_skipped(
 
 def instance_exists(connection: Connection, sop_instance_uid: str) -> bool:
     """Whether ``sop_instance_uid`` was received before."""
-    statement = select(INSTANCES.c.id).where(INSTANCES.c.sop_instance_uid == sop_instance_uid)
-    return connection.execute(statement.limit(1)).first() is not None
+    return instance_spool_path(connection, sop_instance_uid) is not None
 
 
 def instance_spool_path(connection: Connection, sop_instance_uid: str) -> str | None:
