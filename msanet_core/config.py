@@ -15,11 +15,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-SegLoss = Literal["dice", "bce", "dice+bce"]
+SegLoss = Literal["dice", "bce", "dice+bce", "dice+blob"]
 CriticInput = Literal["image_x_mask", "concat", "sum", "mask"]
 
 SEG_LOSSES: tuple[str, ...] = get_args(SegLoss)
 CRITIC_INPUTS: tuple[str, ...] = get_args(CriticInput)
+# Fields that shape the training losses, not the network: a fine-tuning phase (--init-from) may
+# change them and still start from the checkpoint's weights.
+LOSS_FIELDS: tuple[str, ...] = (
+    "alpha", "beta", "output_weights", "seg_loss", "weight_clip", "dice_eps"
+)  # fmt: skip
 NUM_OUTPUTS = 4  # paper "Deep supervision": four decoder outputs D1 (deepest) … D4 (final)
 
 
@@ -78,7 +83,10 @@ class ModelConfig:
     output_weights
         Loss weights of D1…D4 (paper Table 9: 1,1,1,1); losses are the weighted mean over outputs.
     seg_loss
-        ``dice`` | ``bce`` | ``dice+bce`` (paper Table 7; Dice best).
+        ``dice`` | ``bce`` | ``dice+bce`` (paper Table 7; Dice best) | ``dice+blob``: Dice plus a
+        BCE whose lesion pixels weigh ``100 / lesion area`` (1 to 10), so that every lesion of
+        the crop counts about alike (not in the paper: it trades a little precision for lesion
+        sensitivity, the small and faint lesions that pooled Dice overlooks).
     critic_input
         What the critic sees (paper Table 11): ``image_x_mask`` (best), ``concat`` (2 channels),
         ``sum`` (image + mask) or ``mask`` only.
@@ -185,6 +193,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s): {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
+
+    def same_network(self, other: ModelConfig) -> bool:
+        """Whether ``other`` builds the same networks (it may differ in :data:`LOSS_FIELDS`)."""
+        return self.replace(**{k: getattr(other, k) for k in LOSS_FIELDS}) == other
 
     # ------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

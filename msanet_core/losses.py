@@ -12,13 +12,18 @@ All tensors are ``(N, 1, H, W)``; losses are computed in float32 even under auto
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from msanet_core.config import ModelConfig
 from msanet_core.critic import critic_input
+from msanet_core.metrics import EIGHT
 
 
 def soft_dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -34,17 +39,43 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
 
 
 def single_output_loss(
-    pred: torch.Tensor, target: torch.Tensor, config: ModelConfig
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    config: ModelConfig,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Segmentation loss of one output: Dice, BCE or Dice + BCE (paper Table 7)."""
+    """Segmentation loss of one output: Dice, BCE or Dice + BCE (paper Table 7), or Dice + a
+    pixel-weighted BCE (``dice+blob``; ``weight`` from :func:`lesion_weights`, the weighted
+    mean; without ``weight`` it is plain BCE)."""
     p = pred.float()
     g = target.float()
     if config.seg_loss == "dice":
         return dice_loss(p, g, config.dice_eps)
+    if config.seg_loss == "dice+blob" and weight is not None:
+        w = weight.float()
+        bce = F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), g, weight=w, reduction="sum")
+        return dice_loss(p, g, config.dice_eps) + bce / w.sum().clamp_min(1.0)
     bce = F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), g)
     if config.seg_loss == "bce":
         return bce
     return dice_loss(p, g, config.dice_eps) + bce
+
+
+BLOB_REFERENCE_PX = 100.0  # a lesion of this area or more weighs 1 per pixel (MODEL.md §6.3 bins)
+BLOB_MAX_WEIGHT = 10.0
+
+
+def lesion_weights(masks: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Pixel weights of ``dice+blob``: 1, and ``100 / area`` (1 to 10) on the pixels of each
+    8-connected lesion of ``masks`` (``(N, H, W)``), so each lesion weighs about alike."""
+    out = np.ones(masks.shape, dtype=np.float32)
+    for i, mask in enumerate(masks > 0):
+        labels, _ = ndimage.label(mask, structure=EIGHT)  # the lesions the metrics count
+        areas = np.bincount(labels.ravel()).astype(np.float32)
+        weight = np.clip(BLOB_REFERENCE_PX / np.maximum(areas, 1.0), 1.0, BLOB_MAX_WEIGHT)
+        weight[0] = 1.0  # background
+        out[i] = weight[labels]
+    return out
 
 
 def _weights(config: ModelConfig, n: int) -> tuple[float, ...]:
@@ -66,10 +97,13 @@ def weighted_mean(values: Sequence[torch.Tensor], weights: Sequence[float]) -> t
 
 
 def segmentation_loss(
-    outputs: Sequence[torch.Tensor], target: torch.Tensor, config: ModelConfig
+    outputs: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    config: ModelConfig,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``L_seg``: weighted mean over the deep-supervision outputs (paper Eq. 3, Table 9)."""
-    losses = [single_output_loss(o, target, config) for o in outputs]
+    losses = [single_output_loss(o, target, config, weight) for o in outputs]
     return weighted_mean(losses, _weights(config, len(outputs)))
 
 

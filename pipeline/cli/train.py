@@ -117,7 +117,7 @@ def train_command(
     adversarial: Annotated[
         bool | None, typer.Option("--adversarial/--no-adversarial", help="SegAN critic.")
     ] = None,
-    seg_loss: Annotated[str | None, typer.Option(help="dice, bce or dice+bce.")] = None,
+    seg_loss: Annotated[str | None, typer.Option(help="dice, bce, dice+bce or dice+blob.")] = None,
     alpha: Annotated[float | None, typer.Option(help="Weight of L_seg.")] = None,
     beta: Annotated[float | None, typer.Option(help="Weight of L_adv.")] = None,
     output_weights: Annotated[
@@ -136,6 +136,9 @@ def train_command(
         str, typer.Option(help="constant (paper) or cosine (lr down to --min-lr by the end).")
     ] = "constant",
     min_lr: Annotated[float, typer.Option(min=0.0, help="Last learning rate of cosine.")] = 0.0,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")
+    ] = "auto",
 ) -> None:
     """Train MSA-Net (alternating critic/generator steps, Adam) and write best.pt and last.pt."""
     import torch  # noqa: PLC0415
@@ -164,6 +167,7 @@ def train_command(
                 config, data, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 device=device, resume=resume, callback=progress, augment=augment,
                 init_from=init_from, lr_schedule=lr_schedule, min_lr=min_lr,
+                precision=precision,
             )  # fmt: skip
     except (TrainingDataError, CheckpointError, ValueError, OSError) as error:
         fail(str(error))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from msanet_core.losses import (
     critic_loss,
     dice_loss,
     generator_loss,
+    lesion_weights,
     segmentation_loss,
     single_output_loss,
     soft_dice,
@@ -64,6 +66,35 @@ def test_bce_and_dice_plus_bce_by_hand() -> None:
     dice = 1 - (2 * 1.0 + 1) / (1.0 + 2 + 1)
     both = float(single_output_loss(half, G, base.replace(seg_loss="dice+bce")))
     assert both == pytest.approx(dice + math.log(2), rel=1e-5)
+
+
+def test_lesion_weights_make_each_lesion_weigh_about_alike() -> None:
+    masks = np.zeros((2, 40, 40), np.uint8)
+    masks[0, 2:7, 2:7] = 1  # 25 px: 100 / 25 = 4 per pixel
+    masks[0, 10:30, 10:30] = 1  # 400 px: clipped to 1
+    masks[0, 35, 35] = 1  # 1 px: clipped to 10
+    weights = lesion_weights(masks)
+    assert weights.dtype == np.float32
+    assert weights.shape == masks.shape
+    assert np.all(weights[0, 2:7, 2:7] == 4.0)
+    assert np.all(weights[0, 10:30, 10:30] == 1.0)
+    assert weights[0, 35, 35] == 10.0
+    assert weights[0][masks[0] == 0].tolist() == [1.0] * int((masks[0] == 0).sum())
+    assert np.all(weights[1] == 1.0)  # a negative crop: plain BCE
+
+
+def test_dice_plus_blob_is_dice_plus_the_weighted_mean_bce() -> None:
+    config = ModelConfig.preset("tiny").replace(seg_loss="dice+blob")
+    pred = _t([[0.9, 0.2], [0.1, 0.1]])
+    weight = _t([[4.0, 4.0], [1.0, 1.0]])
+    bce = [-math.log(0.9), -math.log(0.2), -math.log(0.9), -math.log(0.9)]
+    expected_bce = sum(w * b for w, b in zip([4, 4, 1, 1], bce, strict=True)) / 10
+    dice = float(dice_loss(pred, G))
+    got = float(single_output_loss(pred, G, config, weight))
+    assert got == pytest.approx(dice + expected_bce, rel=1e-5)
+    # without weights (as in validation) it is Dice + plain BCE
+    plain = float(single_output_loss(pred, G, config))
+    assert plain == pytest.approx(dice + sum(bce) / 4, rel=1e-5)
 
 
 def test_segmentation_loss_is_the_weighted_mean_over_outputs() -> None:
