@@ -4,8 +4,10 @@ One process: the acceptor of :mod:`listeners.scp` (one thread per association, c
 negotiated by pynetdicom against the AE built here) answers C-ECHO and C-STORE; the sweeper
 thread opens and enqueues jobs and marks them queued; an optional HTTP thread serves Prometheus
 metrics. With a broker, a child process (:mod:`listeners.sender`) sends the tasks of the jobs
-that C-STOREs open, away from this process's interpreter lock. Neither imports torch: jobs are
-enqueued by task name (DESIGN.md).
+that C-STOREs open, away from this process's interpreter lock. With ``listener.processes`` > 1
+the associations are served by that many processes instead (:mod:`listeners.workers`), and this
+one keeps the sweeper, the sender and the metrics. None imports torch: jobs are enqueued by
+task name (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.engine import Engine
 
 from listeners.completeness import SeriesJobs
 from listeners.database import ListenerSessions
@@ -31,6 +34,7 @@ from listeners.scp import StoreServer
 from listeners.sender import SenderProcess
 from listeners.spool import Spool
 from listeners.sweeper import Sweeper
+from listeners.workers import AssociationProcesses
 from pipeline.db.session import make_engine
 from pipeline.model_version import current_model_version
 from pipeline.settings import ListenerSettings, Settings
@@ -102,6 +106,13 @@ def build_ae(listener: ListenerSettings) -> AE:
     return ae
 
 
+def listener_engine(settings: Settings) -> Engine:
+    """The database engine of a process that files C-STOREs: a connection for each association
+    it may serve, and a few for the sweeper and the recovery."""
+    pool = {"pool_size": settings.listener.max_associations + 2, "max_overflow": 4}
+    return make_engine(settings.database_url, **pool)
+
+
 class Arrivals:
     """Where the C-STORE handler reports (:class:`~listeners.handlers.ArrivalSink`): a job
     opened by its instance goes to the sender process, or to the sweeper when the sender
@@ -125,8 +136,7 @@ class Listener:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         listener = settings.listener
-        pool = {"pool_size": listener.max_associations + 2, "max_overflow": 4}
-        self.engine = make_engine(settings.database_url, **pool)
+        self.engine = listener_engine(settings)
         self.session_factory = ListenerSessions(self.engine)
         self.spool = Spool(settings.spool_dir)
         self.metrics = ListenerMetrics()
@@ -156,6 +166,7 @@ class Listener:
         )
         self.ae = build_ae(listener)
         self.server: StoreServer | None = None
+        self.processes: AssociationProcesses | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -166,19 +177,27 @@ class Listener:
         self.enqueuer.warm_up()  # Celery loads now, not while the first scans are filed
         if self.sender is not None:
             self.sender.start()
-        address = (listener.host, listener.port)
-        tls = ssl_context(listener)
-        self.server = StoreServer(self.ae, self.handlers, address, ssl_context=tls)
-        self.server.start()
+        if listener.processes > 1:  # C-STOREs are filed in association processes
+            arrivals = Arrivals(self.sweeper, self.sender)
+            self.processes = AssociationProcesses(
+                self.settings, listener.processes, arrivals, self.metrics
+            )
+            self.processes.start()
+        else:
+            address = (listener.host, listener.port)
+            tls = ssl_context(listener)
+            self.server = StoreServer(self.ae, self.handlers, address, ssl_context=tls)
+            self.server.start()
         self.sweeper.start()
         if listener.metrics_port is not None:
             self.metrics.serve(listener.host, listener.metrics_port)
         logger.info(
-            "listening ae_title=%s host=%s port=%d tls=%s model_version=%s",
+            "listening ae_title=%s host=%s port=%d tls=%s processes=%d model_version=%s",
             listener.ae_title,
             listener.host,
             listener.port,
             listener.tls_certificate is not None,
+            listener.processes,
             self.model_version,
         )
 
@@ -195,6 +214,8 @@ class Listener:
         """Stop accepting, let running associations finish (bounded), stop the sweeper."""
         grace = self.settings.listener.shutdown_grace_seconds
         aborted = self.server.shutdown(grace) if self.server is not None else 0
+        if self.processes is not None:
+            aborted += self.processes.stop(grace)
         # running associations went on until they ended or the grace ran out
         logger.info("stopped associations_aborted=%d grace_s=%.0f", aborted, grace)
         if self.sender is not None:

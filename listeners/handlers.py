@@ -246,7 +246,7 @@ class _Receipt:
             answer = Answer(CANNOT_UNDERSTAND, "internal error")
         finally:
             self.writer.discard()  # what was not committed is not kept
-        self.handlers.metrics.store_seconds.observe(time.perf_counter() - started)
+        self.handlers.metrics.observe_store(time.perf_counter() - started)
         return answer
 
     def abandon(self) -> None:

@@ -55,6 +55,10 @@ class ListenerMetrics:
             registry=self.registry,
         )
 
+    def observe_store(self, seconds: float) -> None:
+        """One C-STORE's handler latency (from the complete request to the answer)."""
+        self.store_seconds.observe(seconds)
+
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` over HTTP on ``host:port`` (a daemon thread)."""
         start_http_server(port, addr=host, registry=self.registry)

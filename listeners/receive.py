@@ -7,7 +7,9 @@ Pixels are never decoded: the pixel data element is hashed as it was encoded.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from io import BytesIO
 
@@ -17,6 +19,7 @@ from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
@@ -114,23 +117,51 @@ def _describe(
         pixel_data_length=None if pixels is None else len(pixels),
         encapsulated=UID(str(meta.TransferSyntaxUID)).is_encapsulated,
     )
-    return Parsed(
-        study_instance_uid=_uid(dataset, "StudyInstanceUID"),
-        series_instance_uid=_uid(dataset, "SeriesInstanceUID"),
-        sop_instance_uid=_uid(dataset, "SOPInstanceUID"),
+    return _parsed(
+        lambda keyword: _text(dataset, keyword),
+        (
+            _uid(dataset, "StudyInstanceUID"),
+            _uid(dataset, "SeriesInstanceUID"),
+            _uid(dataset, "SOPInstanceUID"),
+        ),
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(meta.TransferSyntaxUID),
         classification=classification,
         pixel_digest=None if pixels is None or not digest else hashlib.sha256(pixels).hexdigest(),
-        modality=_text(dataset, "Modality"),
         series_number=_series_number(dataset),
-        series_description=_text(dataset, "SeriesDescription"),
-        patient_name=_text(dataset, "PatientName"),
-        patient_id=_text(dataset, "PatientID"),
-        study_date=_text(dataset, "StudyDate"),
-        study_description=_text(dataset, "StudyDescription"),
-        accession_number=_text(dataset, "AccessionNumber"),
         calling_ae_title=_text(meta, "SourceApplicationEntityTitle"),
+    )
+
+
+def _parsed(
+    text: Callable[[str], str | None],
+    uids: tuple[str, str, str],
+    *,
+    sop_class_uid: str,
+    transfer_syntax_uid: str,
+    classification: Classification,
+    pixel_digest: str | None,
+    series_number: int | None,
+    calling_ae_title: str | None,
+) -> Parsed:
+    """The :class:`Parsed` of both readers; ``text(keyword)`` gives an attribute's text."""
+    return Parsed(
+        study_instance_uid=uids[0],
+        series_instance_uid=uids[1],
+        sop_instance_uid=uids[2],
+        sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        classification=classification,
+        pixel_digest=pixel_digest,
+        modality=text("Modality"),
+        series_number=series_number,
+        series_description=text("SeriesDescription"),
+        patient_name=text("PatientName"),
+        patient_id=text("PatientID"),
+        study_date=text("StudyDate"),
+        study_description=text("StudyDescription"),
+        accession_number=text("AccessionNumber"),
+        calling_ae_title=calling_ae_title,
     )
 
 
@@ -187,6 +218,10 @@ def parse_header(
     """
     if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:  # offsets are in inflated bytes
         return _read_all(file_meta + data, sop_class_uid)
+    if transfer_syntax_uid == ExplicitVRLittleEndian:
+        quick = _quick_header(file_meta, data, sop_class_uid)
+        if quick is not None:
+            return quick
     for prefix in (data[:HEADER_PREFIX], data):
         try:
             buffer = BytesIO(file_meta + prefix)
@@ -296,3 +331,218 @@ def received_instance(
         study_description=parsed.study_description,
         accession_number=parsed.accession_number,
     )
+
+
+# -- the quick path: a 2-frame scan in Explicit VR Little Endian, read without pydicom
+#
+# pydicom builds a Dataset of every element and converts each value it is asked for: about a
+# millisecond of the interpreter per scan, the largest share of a C-STORE's Python time. The
+# common case — what a Siemens camera sends — is read here instead: the top-level elements are
+# walked (sequences skipped), the few values bonescan files are decoded, and anything this path
+# is not sure to read exactly as pydicom does (another character set, a multi-valued text, a
+# single view whose view code is inside a sequence, an odd length, a data set cut short) is
+# left to pydicom. tests/integration/test_listener_parse.py holds both paths to the same result.
+
+_QUICK_TAGS = {
+    0x00080005: "SpecificCharacterSet",
+    0x00080008: "ImageType",
+    0x00080018: "SOPInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080050: "AccessionNumber",
+    0x00080060: "Modality",
+    0x00081030: "StudyDescription",
+    0x0008103E: "SeriesDescription",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00200011: "SeriesNumber",
+    0x00280002: "SamplesPerPixel",
+    0x00280008: "NumberOfFrames",
+    0x00280010: "Rows",
+    0x00280011: "Columns",
+    0x00280100: "BitsAllocated",
+}
+_QUICK_META_TAGS = {0x00020016: "SourceApplicationEntityTitle"}
+_QUICK_US = frozenset({"SamplesPerPixel", "Rows", "Columns", "BitsAllocated"})
+_QUICK_IS = frozenset({"SeriesNumber", "NumberOfFrames"})
+_QUICK_ASCII = frozenset({"ImageType", "Modality", "StudyDate", "SpecificCharacterSet"})
+_QUICK_CHARSETS = {
+    "": "latin-1",
+    "ISO_IR 6": "latin-1",
+    "ISO_IR 100": "latin-1",
+    "ISO_IR 192": "utf-8",
+}
+_STOP_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # pydicom's stop_before_pixels
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_INTEGER = re.compile(r" *[+-]?[0-9]+ *")
+_HEADER = struct.Struct("<HH2sH")
+
+
+class _DeclinedError(Exception):
+    """The quick path declines: pydicom reads this one."""
+
+
+def _element(data: bytes | memoryview, at: int, end: int) -> tuple[int, bytes, int, int]:
+    """(tag, VR, value start, value length) of the explicit VR LE element at ``at``."""
+    if end - at < 8:
+        raise _DeclinedError
+    group, elem, vr, short = _HEADER.unpack_from(data, at)
+    tag = group << 16 | elem
+    if group == 0xFFFE:  # items and delimiters: no VR
+        (length,) = struct.unpack_from("<I", data, at + 4)
+        return tag, b"", at + 8, length
+    if not (vr.isalpha() and vr.isupper()):
+        raise _DeclinedError
+    if vr in _LONG_VRS:
+        if end - at < 12:
+            raise _DeclinedError
+        (length,) = struct.unpack_from("<I", data, at + 8)
+        return tag, vr, at + 12, length
+    return tag, vr, at + 8, short
+
+
+def _skip_undefined(data: bytes | memoryview, at: int, end: int, depth: int = 0) -> int:
+    """The offset after the undefined-length sequence whose items start at ``at``."""
+    if depth > 8:
+        raise _DeclinedError
+    while True:
+        tag, _, start, length = _element(data, at, end)
+        if tag == _SEQUENCE_END:
+            return start
+        if tag != _ITEM:
+            raise _DeclinedError
+        if length != _UNDEFINED:
+            at = start + length
+            continue
+        at = start  # an undefined-length item: its elements, then the item delimiter
+        while True:
+            tag, vr, start, length = _element(data, at, end)
+            if tag == _ITEM_END:
+                at = start
+                break
+            if length == _UNDEFINED:
+                if vr != b"SQ":
+                    raise _DeclinedError
+                at = _skip_undefined(data, start, end, depth + 1)
+            else:
+                at = start + length
+            if at > end:
+                raise _DeclinedError
+
+
+def _walk(
+    data: bytes | memoryview, at: int, wanted: dict[int, str], *, meta: bool = False
+) -> tuple[dict[str, bytes], int]:
+    """The raw values of the ``wanted`` tags among the top-level elements from ``at`` (of the
+    file meta, group 0002, or of the data set, no group 0002), and where the pixel data element
+    starts (``len(data)`` when there is none)."""
+    end = len(data)
+    found: dict[str, bytes] = {}
+    previous = -1
+    while at < end:
+        tag, vr, start, length = _element(data, at, end)
+        if tag in _STOP_TAGS:
+            return found, at
+        if tag <= previous or tag >> 16 == 0xFFFE or (tag >> 16 == 2) != meta:
+            raise _DeclinedError  # out of order, stray delimiters, meta in the data set: pydicom
+        previous = tag
+        if length == _UNDEFINED:
+            if vr != b"SQ":
+                raise _DeclinedError
+            at = _skip_undefined(data, start, end)
+            continue
+        if start + length > end:
+            raise _DeclinedError  # cut short
+        name = wanted.get(tag)
+        if name is not None:
+            found[name] = bytes(data[start : start + length])
+        at = start + length
+    return found, end
+
+
+class _Values:
+    """What :func:`~listeners.classify.classify` asks of a data set, from the quick path."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self.values = values
+
+    def get(self, keyword: str, default: object = None) -> object:
+        value = self.values.get(keyword)
+        return default if value is None else value
+
+
+def _quick_values(raw: dict[str, bytes]) -> dict[str, object]:
+    charset = raw.get("SpecificCharacterSet", b"").decode("ascii").strip()
+    encoding = _QUICK_CHARSETS.get(charset)
+    if encoding is None:
+        raise _DeclinedError
+    values: dict[str, object] = {}
+    for name, value in raw.items():
+        if name in _QUICK_US:
+            if len(value) != 2:
+                raise _DeclinedError
+            values[name] = int.from_bytes(value, "little")
+            continue
+        if b"\0" in value.rstrip(b"\0"):
+            raise _DeclinedError
+        text = value.decode("ascii" if name in _QUICK_ASCII or name.endswith("UID") else encoding)
+        if name == "ImageType":
+            values[name] = [part.strip() for part in text.split("\\")]
+            continue
+        if "\\" in text:
+            raise _DeclinedError  # multi-valued: pydicom's MultiValue decides how it reads
+        text = text.rstrip("\0 ") if name.endswith("UID") else text.strip()
+        if name in _QUICK_IS and text and not _INTEGER.fullmatch(text):
+            raise _DeclinedError
+        values[name] = text or None
+    return values
+
+
+def _quick_text(values: dict[str, object], name: str) -> str | None:
+    value = values.get(name)
+    return None if value is None else str(value)
+
+
+def _quick_header(file_meta: bytes, data: bytes | memoryview, sop_class_uid: str) -> Header | None:
+    """:func:`parse_header` of a 2-frame Explicit VR Little Endian data set, or None when the
+    quick path declines (see above)."""
+    try:
+        meta_raw, _ = _walk(file_meta, 132, _QUICK_META_TAGS, meta=True)
+        raw, at = _walk(data, 0, _QUICK_TAGS)
+        values = _quick_values(raw)
+        if values.get("NumberOfFrames") != "2":
+            return None  # single views: the view code is in a sequence (pydicom reads it)
+        ae_title = meta_raw.get("SourceApplicationEntityTitle", b"").decode("ascii").strip()
+        calling = ae_title or None
+        study, series, sop = (_quick_text(values, key) or "" for key in _QUICK_UID_KEYWORDS)
+        if not (is_valid_uid(study) and is_valid_uid(series) and is_valid_uid(sop)):
+            return None  # pydicom's path says which is missing
+    except (_DeclinedError, UnicodeDecodeError, struct.error):
+        return None
+    try:
+        span = _pixel_span(data, at, ExplicitVRLittleEndian)
+    except _IrregularPixelDataError:
+        return None
+    pixels = None if span is None else memoryview(data)[span[0] : span[1]]
+    classification = classify(
+        _Values(values),  # type: ignore[arg-type]  # the Dataset.get subset classify uses
+        sop_class_uid,
+        pixel_data_length=None if pixels is None else len(pixels),
+    )
+    series_number = values.get("SeriesNumber")
+    parsed = _parsed(
+        lambda keyword: _quick_text(values, keyword),
+        (study, series, sop),
+        sop_class_uid=sop_class_uid,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        classification=classification,
+        pixel_digest=None,
+        series_number=None if series_number is None else int(str(series_number)),
+        calling_ae_title=calling,
+    )
+    return Header(parsed, pixels)
+
+
+_QUICK_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")

@@ -256,6 +256,7 @@ class Association:
         self.peer = Peer(address=address[0], port=address[1])
         self.contexts: dict[int, PresentationContext] = {}
         self.established = False
+        self.holds_slot = False  # of the shared slots, given back when the association ends
         self._header = bytearray(6)
         self._pdu = _Buffer()
         self._data = _Buffer()  # one data set at a time: finish() returns before the next PDU
@@ -516,11 +517,41 @@ class _Plan:
     accept: bytes = b""
 
 
+class Slots(Protocol):
+    """Association slots shared by the processes that serve one port (``listeners.workers``)."""
+
+    def take(self, limit: int) -> bool: ...
+
+    def give_back(self) -> None: ...
+
+
+class _LocalSlots:
+    """The association count of a server that serves its port alone."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self._lock = threading.Lock()
+
+    def take(self, limit: int) -> bool:
+        with self._lock:
+            if self.taken >= limit:
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.taken = max(0, self.taken - 1)
+
+
 class StoreServer:
     """Accepts connections on a bound socket; one :class:`Association` thread per connection.
 
     ``ae`` supplies the AE title, the allowed calling AE titles, the supported presentation
     contexts, the maximum number of associations and our Maximum Length (PDU size).
+    ``sock`` is a listening socket to accept on (bound by a parent process that shares it
+    between several servers, each taking its associations' slots from the shared ``slots``);
+    without one the server binds ``address`` itself and counts its own associations.
     """
 
     def __init__(
@@ -530,6 +561,8 @@ class StoreServer:
         address: tuple[str, int],
         *,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.ae = ae
         self.service = service
@@ -550,7 +583,8 @@ class StoreServer:
         self._active: set[Association] = set()
         self._idle = threading.Condition(self._lock)
         self._closing = threading.Event()
-        self.sock = socket.create_server(address, backlog=128, reuse_port=False)
+        self.slots: Slots = slots or _LocalSlots()
+        self.sock = sock or socket.create_server(address, backlog=128, reuse_port=False)
         self.sock.settimeout(0.5)
         self.address = self.sock.getsockname()
         self._thread = threading.Thread(target=self._accept_loop, name="scp-accept", daemon=True)
@@ -593,6 +627,9 @@ class StoreServer:
         with self._lock:
             self._active.discard(association)
             self._idle.notify_all()
+            holds_slot, association.holds_slot = association.holds_slot, False
+        if holds_slot:
+            self.slots.give_back()
 
     def negotiate(self, raw: bytes) -> _Plan:
         """What to answer an A-ASSOCIATE-RQ: the same request bytes get the same answer, so the
@@ -654,10 +691,9 @@ class StoreServer:
     def admit(self, association: Association) -> tuple[int, int, int] | None:
         """Take an association slot, or the local-limit rejection when none is free."""
         with self._lock:
-            established = sum(1 for a in self._active if a.established)
-            if self._closing.is_set() or established >= self.max_associations:
+            if self._closing.is_set() or not self.slots.take(self.max_associations):
                 return REJECT_LOCAL_LIMIT
-            association.established = True  # holds its slot from here (no race with others)
+            association.holds_slot = True  # until the association ends (finished)
         return None
 
     def _accept(self, request: A_ASSOCIATE) -> tuple[dict[int, PresentationContext], bytes]:

@@ -293,14 +293,17 @@ class Spool:
         """Remove a stored file (a store whose database row could not be committed)."""
         path.unlink(missing_ok=True)
 
-    def remove_partials(self, older_than_s: float = 0.0) -> int:
-        """Delete partial files a crash left behind; return how many."""
+    def remove_partials(self, older_than_s: float = 0.0, *, pid: int | None = None) -> int:
+        """Delete partial files a crash left behind (those of process ``pid`` only, when
+        given: an association process that died); return how many."""
         removed = 0
         cutoff = time.time() - older_than_s
         partials = [
             *self.incoming.glob(f".*{PARTIAL_SUFFIX}"),
             *self.root.glob(f"*/*/.*{PARTIAL_SUFFIX}"),  # written by earlier versions
         ]
+        if pid is not None:  # SpoolWriter names them .<name>.<pid>.<ns>.part
+            partials = [p for p in partials if p.name.split(".")[-3:-2] == [str(pid)]]
         for partial in partials:
             try:
                 if partial.stat().st_mtime <= cutoff:

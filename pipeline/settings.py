@@ -102,6 +102,10 @@ class ListenerSettings(BaseModel):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # SIGTERM: stop accepting, then wait at most this long for running associations.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Processes that serve associations on the port (listeners/workers.py): 1 files every
+    # C-STORE in the listener process; more use more cores when many associations arrive at
+    # once (README "The listener").
+    processes: int = Field(default=1, ge=1, le=64)
 
     _check_ae_title = field_validator("ae_title")(validate_ae_title)
     _check_host = field_validator("host")(_validate_host)

@@ -168,11 +168,12 @@ def test_kill_9_mid_association_leaves_no_partial_file_and_resend_succeeds(
     _spool_is_consistent(restarted.spool, {row.spool_path for row in rows})
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])  # 2: listeners/workers.py
 def test_sigterm_mid_association_lets_it_complete(
-    start_listener: StartListener, tmp_path: Path
+    start_listener: StartListener, tmp_path: Path, processes: str
 ) -> None:
     files = _series(tmp_path, 30)
-    listener = start_listener()
+    listener = start_listener(LISTENER__PROCESSES=processes)
     sender = _send_in_background(listener.port, files)
     wait_for(lambda: len(listener.instances()) >= 2, timeout=30, what="a couple of instances")
     listener.process.send_signal(signal.SIGTERM)

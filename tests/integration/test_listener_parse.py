@@ -88,3 +88,65 @@ def test_header_parse_of_other_objects(dataset: pydicom.Dataset, tmp_path: Path)
     assert fast == _full(meta + data, sop_class)
     assert isinstance(fast, Parsed)
     assert fast.pixel_digest is None
+
+
+def _single_view(ds: pydicom.Dataset) -> None:
+    ds.NumberOfFrames = 1
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.DetectorInformationSequence = ds.DetectorInformationSequence[:1]
+
+
+# name: (attributes to set, None deletes; whether the quick path reads it)
+CHANGES: dict[str, tuple[dict[str, object], bool]] = {
+    "as-made": ({}, True),
+    "utf-8": (
+        {
+            "SpecificCharacterSet": "ISO_IR 192",
+            "PatientName": "Müller^Jürgen",
+            "StudyDescription": "Knochenszintigrafie Ganzkörper",
+        },
+        True,
+    ),
+    "latin-1": ({"SpecificCharacterSet": "ISO_IR 100", "PatientName": "Åström^Björn"}, True),
+    "cyrillic": ({"SpecificCharacterSet": "ISO_IR 144", "PatientName": "Иванов^Иван"}, False),
+    "multi-valued": ({"PatientID": "A\\B"}, False),  # pydicom's MultiValue decides
+    "padded": ({"SeriesNumber": " 7 ", "AccessionNumber": "", "SeriesDescription": "WB  "}, True),
+    "not-nm": ({"Modality": "CT"}, True),
+    "no-series-number": ({"SeriesNumber": None}, True),
+    "single-view": ({}, False),  # _single_view: the view code is in a sequence
+}
+
+
+@pytest.mark.parametrize("defined_lengths", [False, True], ids=["undefined", "defined"])
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_quick_path_reads_what_pydicom_reads(
+    change: str, defined_lengths: bool, tmp_path: Path
+) -> None:
+    """parse_header reads a 2-frame Explicit VR Little Endian scan without pydicom; what it
+    does not read exactly as pydicom would, it leaves to pydicom. Both give the full parse."""
+    from listeners.receive import _quick_header
+
+    ds = factory.nm_whole_body()
+    attributes, quick = CHANGES[change]
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    if change == "single-view":
+        _single_view(ds)
+    path = tmp_path / "scan.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    if defined_lengths:  # dcmtk writes sequences and items with explicit lengths
+        converted = tmp_path / "defined.dcm"
+        subprocess.run(["/usr/bin/dcmconv", "+e", str(path), str(converted)], check=True)
+        path = converted
+    meta, data = _split(path)
+    sop_class = "1.2.840.10008.5.1.4.1.1.20"
+    full = _full(meta + data, sop_class)
+    assert isinstance(full, Parsed)
+    assert _fast(meta, data, sop_class, "1.2.840.10008.1.2.1") == full
+    assert (_quick_header(meta, data, sop_class) is not None) == quick
+    for cut in (300, 2000, len(data) - len(ds.PixelData) - 3, len(data) - 9):
+        part = data[:cut]  # cut in the header, in the pixel data element's header, in pixels
+        assert _fast(meta, part, sop_class, "1.2.840.10008.1.2.1") == _full(meta + part, sop_class)
