@@ -165,23 +165,29 @@ def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path, precision: str)
         ModelConfig.preset("tiny"),
         data,
         tmp_path / "out",
-        epochs=40,
+        # 60 epochs, lr cosine to 1e-3: with 40 at a constant 1e-2 the eval-mode BatchNorm
+        # statistics lagged the last steps' weights and the pooled DSC depended on the CPU's
+        # rounding (0.91+ on an AMD EPYC, 0.876 on an Intel Xeon); now 0.963 (fp32) and 0.944
+        # (bf16) on the Xeon
+        epochs=60,
         batch_size=4,
         lr=1e-2,
+        lr_schedule="cosine",
+        min_lr=1e-3,
         seed=0,
         device="cpu",
         augment=False,
         callback=Count(),
         precision=precision,
     )
-    assert seen == list(range(1, 41))
+    assert seen == list(range(1, 61))
     segmenter = Segmenter.load(result.last_checkpoint, device="cpu")
     masks = segmenter.predict_masks(np.stack([c[0] for c in crops]))
     dsc = pixel_metrics(masks, np.stack([c[1] for c in crops]))["dsc"]
     curve = [round(r["loss_seg"], 3) for r in result.history]
     # bf16 autocast learns too, a little less exactly (README "The model")
     floor = 0.9 if precision == "auto" else 0.8
-    assert dsc > floor, f"pooled DSC {dsc:.3f} after 40 epochs; L_seg per epoch {curve}"
+    assert dsc > floor, f"pooled DSC {dsc:.3f} after 60 epochs; L_seg per epoch {curve}"
 
 
 def test_missing_data_dir_and_empty_split_are_reported(tmp_path: Path) -> None:
