@@ -15,16 +15,18 @@ left out on purpose: some archives quote the Patient ID in it).
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
@@ -98,8 +100,9 @@ def _open(ae: AE, destination: Destination, timeout_s: float) -> Association | N
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if assoc.is_established:
         return assoc
-    if assoc.is_rejected:
-        raise _rejection(destination, assoc.acceptor.primitive)
+    rejection = _rejection_of(assoc)
+    if rejection is not None:
+        raise _rejection(destination, rejection)
     # pynetdicom aborts an accepted association that has no accepted presentation context.
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         return None
@@ -107,6 +110,26 @@ def _open(ae: AE, destination: Destination, timeout_s: float) -> Association | N
         f"{_peer(destination)}: no association (connection refused, unreachable, aborted or "
         f"no answer within {timeout_s:g} s)"
     )
+
+
+def _rejection_of(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE-RJ, or ``None`` when the association was not rejected.
+
+    pynetdicom's requestor looks at its socket after sending the request; when the peer's
+    rejection came back and its transport closed the connection before that look, it reports a
+    failed connection (``is_aborted``) and leaves the rejection unread in its queue (~15 % of
+    fast rejections here). A permanent rejection read as "no association" would be retried in
+    vain, so the queue is read too.
+    """
+    if assoc.is_rejected:
+        return cast(A_ASSOCIATE, assoc.acceptor.primitive)
+    try:
+        while True:
+            item: object = assoc.dul.to_user_queue.get_nowait()
+            if isinstance(item, A_ASSOCIATE) and item.result not in (None, 0):
+                return item
+    except queue.Empty:
+        return None
 
 
 def _rejection(destination: Destination, primitive: Any) -> RetryableError | PermanentError:
@@ -133,7 +156,7 @@ def echo(destination: Destination, calling_ae_title: str, timeout_s: float = 5.0
     ae.add_requested_context(Verification)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        if assoc.is_rejected:
+        if _rejection_of(assoc) is not None:
             return EchoResult(False, "association rejected")
         return EchoResult(False, "no association (peer down, wrong host or port, or timeout)")
     try:

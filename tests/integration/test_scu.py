@@ -18,12 +18,13 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pipeline.dicom.nm import ScanIdentity, build_whole_body, save
-from pipeline.dicom.scu import StoreResult, store, store_outcome, verify_stored
+from pipeline.dicom.scu import StoreResult, echo, store, store_outcome, verify_stored
 from pipeline.dicom.seg import SEGMENTATION_STORAGE, ViewMask, build_seg, order_views
 from pipeline.dicom.views import View, split_views
 from pipeline.errors import PermanentError, RetryableError
 from pipeline.settings import Destination
 from tests.conftest import free_port
+from tests.integration.conftest import StartListener
 from tests.integration.pacs import OrthancPacs, StartOrthanc, StartStoreScp, StoreScp
 
 pytestmark = pytest.mark.timeout(180)
@@ -240,6 +241,30 @@ def test_a_busy_peer_rejecting_transiently_is_retryable(
     reason = str(failed.value)
     assert "rejected the association (transient): Local limit exceeded" in reason
     assert "result 0x02" in reason
+
+
+def test_fast_rejections_are_told_apart_from_no_association(
+    start_listener: StartListener, scan: Scan
+) -> None:
+    # bonescan's listener answers an association it refuses within a millisecond, fast enough
+    # that pynetdicom's requestor misreads ~15 % of them as a failed connection (scu.py,
+    # _rejection_of): 30 tries each, every one must be classified by the peer's reason.
+    listener = start_listener(LISTENER__MAX_ASSOCIATIONS="1")
+    busy = Destination(name="bonescan", ae_title="BONESCAN", host="127.0.0.1", port=listener.port)
+    wrong = busy.model_copy(update={"ae_title": "NOT-BONESCAN"})
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    held = holder.associate("127.0.0.1", listener.port, ae_title="BONESCAN")
+    try:
+        assert held.is_established
+        for _ in range(30):
+            with pytest.raises(RetryableError, match=r"rejected the association \(transient\)"):
+                send(busy, scan.nm)
+            with pytest.raises(PermanentError, match=r"rejected the association \(permanent\)"):
+                send(wrong, scan.nm)
+            assert echo(busy, CALLING).detail == "association rejected"
+    finally:
+        held.release()
 
 
 def test_read_back_on_a_peer_rejecting_the_association_permanently_is_unavailable(
