@@ -1,6 +1,7 @@
 """The listener with two association processes (``listener.processes`` = 2): the same filing,
 one association limit, one set of metrics, a dead process replaced, kill -9 of the listener.
-(SIGTERM: test_listener_faults.py, with 1 and 2 processes.)"""
+(SIGTERM: test_listener_faults.py, and the association limit: test_listener_protocol.py, each
+with 1 and 2 processes.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from tests.integration.conftest import (
     AE_TITLE,
     RunningListener,
     StartListener,
-    echo_refusal,
     wait_for,
 )
 from tests.integration.test_listener_faults import _send_in_background, _series
@@ -95,31 +95,6 @@ def test_two_processes_file_every_scan_enqueue_its_job_and_count_it_once(
     assert metrics["bonescan_listener_received_bytes_total"] == sum(r.size_bytes for r in rows)
     assert metrics['bonescan_listener_jobs_total{event="opened"}'] == 8
     assert "Test^Patient" not in listener.log()
-
-
-def test_association_limit_holds_for_both_processes_together(
-    start_listener: StartListener,
-) -> None:
-    listener = start_listener(LISTENER__MAX_ASSOCIATIONS="2", **TWO)
-    ae = AE(ae_title="PROTO")
-    ae.add_requested_context(Verification)
-    held = [ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE) for _ in range(2)]
-    assert all(a.is_established for a in held)
-    for _ in range(3):  # whichever process accepts it: both count the same two slots
-        refusal = echo_refusal(listener.port)
-        assert "Local Limit Exceeded" in refusal, listener.log()
-    wait_for(
-        lambda: listener.log().count("reason=local_limit_exceeded") == 3,
-        timeout=10,
-        what="three local-limit rejections in the log",
-    )
-    held[0].release()
-    wait_for(
-        lambda: ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE),
-        timeout=10,
-        what="a slot after a release",
-    ).release()
-    held[1].release()
 
 
 def test_a_killed_association_process_is_replaced_and_its_slots_freed(
