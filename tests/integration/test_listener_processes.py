@@ -1,5 +1,5 @@
 """The listener with two association processes (``listener.processes`` = 2): the same filing,
-one set of metrics, the slots of a dead process freed, a dead process replaced, kill -9 of the listener.
+one set of metrics, a dead process replaced and its slots freed, kill -9 of the listener.
 (SIGTERM: test_listener_faults.py, and the association limit: test_listener_protocol.py, each
 with 1 and 2 processes.)"""
 
