@@ -1,6 +1,6 @@
 """The sender process: the tasks of opened jobs are sent to the broker from a child process.
 
-Celery's ``send_task`` costs about 0.7 ms of Python per task (bench: ``send_task`` to Redis on
+Celery's ``send_task`` costs about 0.5 ms of Python per task (bench: ``send_task`` to Redis on
 the benchmark's VM), and in the listener's process that time is taken from the associations:
 they share one interpreter lock. With the broker URL set, the listener starts this child
 (``spawn``) before it opens its port and hands it the id of each job opened by a C-STORE over a
