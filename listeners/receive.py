@@ -364,6 +364,7 @@ _QUICK_TAGS = {
     0x00280100: "BitsAllocated",
 }
 _QUICK_META_TAGS = {0x00020016: "SourceApplicationEntityTitle"}
+_QUICK_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _QUICK_US = frozenset({"SamplesPerPixel", "Rows", "Columns", "BitsAllocated"})
 _QUICK_IS = frozenset({"SeriesNumber", "NumberOfFrames"})
 _QUICK_ASCII = frozenset({"ImageType", "Modality", "StudyDate", "SpecificCharacterSet"})
@@ -543,6 +544,3 @@ def _quick_header(file_meta: bytes, data: bytes | memoryview, sop_class_uid: str
         calling_ae_title=calling,
     )
     return Header(parsed, pixels)
-
-
-_QUICK_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
