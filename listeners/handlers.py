@@ -25,7 +25,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from listeners.database import Sessions
 from listeners.metrics import ListenerMetrics
 from listeners.receive import (
-    Header,
     Parsed,
     UnreadableDatasetError,
     parse_header,
@@ -312,14 +311,15 @@ class StoreHandlers:
         durable under its final name, commit its row, then answer.
 
         The partial file's fsync and the content digest start first, on other threads, and
-        run while the header is parsed.
+        run while the header is parsed. The content digest (SHA-256 of the stored bytes) is the
+        only hash of the data: the job's idempotency key is built from it too.
         """
         receipt.writer.start_sync()
-        futures: list[Future[str]] = [self._hashing.submit(sha256_hex, receipt.header, data)]
+        content = self._hashing.submit(sha256_hex, receipt.header, data)
         command = receipt.command
         try:
             try:
-                received = parse_header(
+                parsed = parse_header(
                     receipt.header, data, command.sop_class_uid, command.transfer_syntax_uid
                 )
             except UnreadableDatasetError as error:
@@ -329,25 +329,18 @@ class StoreHandlers:
                     CANNOT_UNDERSTAND,
                     str(error),
                 )
-            pixel_digest = None  # on another core too (hashlib releases the GIL)
-            if received.pixels is not None:
-                pixel_digest = self._hashing.submit(sha256_hex, received.pixels)
-                futures.append(pixel_digest)
-            return self._store(receipt, received, futures[0], pixel_digest)
+            return self._store(receipt, parsed, content)
         finally:
-            for future in futures:  # nothing reads ``data`` once the handler has answered
-                _settle(future)
+            _settle(content)  # nothing reads ``data`` once the handler has answered
 
     def _store(
         self,
         receipt: _Receipt,
-        received: Header,
+        parsed: Parsed,
         content: Future[str],
-        pixel_digest: Future[str] | None,
     ) -> Answer:
         sop_uid = receipt.command.sop_instance_uid
         calling = receipt.peer.calling_ae_title
-        parsed = received.parsed
         if parsed.sop_instance_uid != sop_uid:
             return self._refuse(
                 sop_uid, calling, DATASET_MISMATCH, "SOP Instance UID differs from the request's"
@@ -364,8 +357,6 @@ class StoreHandlers:
             stored = receipt.writer.commit(path, content.result)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
-        if pixel_digest is not None:
-            parsed = received.with_pixel_digest(pixel_digest.result())
         try:
             recorded = self.writer.record(
                 parsed, stored, calling=calling, called=receipt.peer.called_ae_title

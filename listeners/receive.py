@@ -1,16 +1,15 @@
 """From the bytes of a C-STORE to what the tracking tables keep: parse the header once, classify.
 
 Used by the C-STORE handler and by the sweeper when it recovers a spooled file that has no row.
-Pixels are never decoded: the pixel data element is hashed as it was encoded.
+Pixels are never decoded nor hashed: the pixel data element is only located (its length classifies).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import Dataset, dcmread
@@ -63,7 +62,6 @@ class Parsed:
     sop_class_uid: str
     transfer_syntax_uid: str
     classification: Classification
-    pixel_digest: str | None
     modality: str | None
     series_number: int | None
     series_description: str | None
@@ -107,9 +105,7 @@ def pixel_value(dataset: Dataset) -> bytes | None:
     return None
 
 
-def _describe(
-    dataset: Dataset, sop_class_uid: str, pixels: bytes | memoryview | None, *, digest: bool = True
-) -> Parsed:
+def _describe(dataset: Dataset, sop_class_uid: str, pixels: bytes | memoryview | None) -> Parsed:
     meta = dataset.file_meta
     classification = classify(
         dataset,
@@ -127,7 +123,6 @@ def _describe(
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=str(meta.TransferSyntaxUID),
         classification=classification,
-        pixel_digest=None if pixels is None or not digest else hashlib.sha256(pixels).hexdigest(),
         series_number=_series_number(dataset),
         calling_ae_title=_text(meta, "SourceApplicationEntityTitle"),
     )
@@ -140,7 +135,6 @@ def _parsed(
     sop_class_uid: str,
     transfer_syntax_uid: str,
     classification: Classification,
-    pixel_digest: str | None,
     series_number: int | None,
     calling_ae_title: str | None,
 ) -> Parsed:
@@ -152,7 +146,6 @@ def _parsed(
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=transfer_syntax_uid,
         classification=classification,
-        pixel_digest=pixel_digest,
         modality=text("Modality"),
         series_number=series_number,
         series_description=text("SeriesDescription"),
@@ -188,21 +181,9 @@ def parse(part10: bytes, sop_class_uid: str | None = None) -> Parsed:
         raise UnreadableDatasetError(f"{type(error).__name__}: {str(error)[:200]}") from None
 
 
-@dataclass(frozen=True)
-class Header:
-    """What :func:`parse_header` read: the instance's attributes (``pixel_digest`` still None)
-    and the pixel data value as encoded, for the caller to hash where it likes."""
-
-    parsed: Parsed
-    pixels: memoryview | None
-
-    def with_pixel_digest(self, digest: str | None) -> Parsed:
-        return replace(self.parsed, pixel_digest=digest)
-
-
 def parse_header(
     file_meta: bytes, data: bytes | memoryview, sop_class_uid: str, transfer_syntax_uid: str
-) -> Header:
+) -> Parsed:
     """Parse a received data set's header without reading its pixel data, and classify it.
 
     ``file_meta`` is the preamble and encoded File Meta Information the data set will be stored
@@ -231,7 +212,7 @@ def parse_header(
                 continue  # the header runs past the prefix: read it all
             span = _pixel_span(data, at, transfer_syntax_uid)
             pixels = None if span is None else memoryview(data)[span[0] : span[1]]
-            parsed = _describe(dataset, sop_class_uid, pixels, digest=False)
+            parsed = _describe(dataset, sop_class_uid, pixels)
         except UnreadableDatasetError:
             raise
         except _IrregularPixelDataError:
@@ -240,21 +221,19 @@ def parse_header(
             if len(prefix) < len(data):
                 continue
             raise UnreadableDatasetError(f"{type(error).__name__}: {str(error)[:200]}") from None
-        return Header(parsed, pixels)
+        return parsed
     return _read_all(file_meta + data, sop_class_uid)  # irregular pixel data
 
 
-def _read_all(part10: bytes, sop_class_uid: str) -> Header:
-    """The slow path: the whole file read by pydicom, the pixel value taken from the dataset."""
+def _read_all(part10: bytes, sop_class_uid: str) -> Parsed:
+    """The slow path: the whole file read by pydicom."""
     try:
         dataset = dcmread(BytesIO(part10))
-        pixels = pixel_value(dataset)
-        parsed = _describe(dataset, sop_class_uid, pixels, digest=False)
+        return _describe(dataset, sop_class_uid, pixel_value(dataset))
     except UnreadableDatasetError:
         raise
     except Exception as error:
         raise UnreadableDatasetError(f"{type(error).__name__}: {str(error)[:200]}") from None
-    return Header(parsed, None if pixels is None else memoryview(pixels))
 
 
 class _IrregularPixelDataError(Exception):
@@ -318,7 +297,6 @@ def received_instance(
         transfer_syntax_uid=parsed.transfer_syntax_uid,
         size_bytes=stored.size_bytes,
         content_digest=stored.content_digest,
-        pixel_digest=parsed.pixel_digest,
         spool_path=str(stored.path),
         number_of_frames=parsed.classification.number_of_frames,
         skip_reason=parsed.classification.reason,
@@ -506,7 +484,7 @@ def _quick_text(values: dict[str, object], name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _quick_header(file_meta: bytes, data: bytes | memoryview, sop_class_uid: str) -> Header | None:
+def _quick_header(file_meta: bytes, data: bytes | memoryview, sop_class_uid: str) -> Parsed | None:
     """:func:`parse_header` of a 2-frame Explicit VR Little Endian data set, or None when the
     quick path declines (see above)."""
     try:
@@ -526,21 +504,18 @@ def _quick_header(file_meta: bytes, data: bytes | memoryview, sop_class_uid: str
         span = _pixel_span(data, at, ExplicitVRLittleEndian)
     except _IrregularPixelDataError:
         return None
-    pixels = None if span is None else memoryview(data)[span[0] : span[1]]
     classification = classify(
         _Values(values),  # type: ignore[arg-type]  # the Dataset.get subset classify uses
         sop_class_uid,
-        pixel_data_length=None if pixels is None else len(pixels),
+        pixel_data_length=None if span is None else span[1] - span[0],
     )
     series_number = values.get("SeriesNumber")
-    parsed = _parsed(
+    return _parsed(
         lambda keyword: _quick_text(values, keyword),
         (study, series, sop),
         sop_class_uid=sop_class_uid,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         classification=classification,
-        pixel_digest=None,
         series_number=None if series_number is None else int(str(series_number)),
         calling_ae_title=calling,
     )
-    return Header(parsed, pixels)

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeline.db.ingest import (
     ReceivedInstance,
-    combine_pixel_digests,
+    combine_digests,
     idempotency_key,
     skipped_job_key,
 )
@@ -157,7 +157,6 @@ def _insert_instances(
             "transfer_syntax_uid": row.transfer_syntax_uid,
             "size_bytes": row.size_bytes,
             "content_digest": row.content_digest,
-            "pixel_digest": row.pixel_digest,
             "spool_path": row.spool_path,
             "number_of_frames": row.number_of_frames,
             "skip_reason": row.skip_reason,
@@ -193,7 +192,7 @@ def _scan_job(
     """The ``received`` job of a 2-frame scan filed as ``row`` and its first events (as
     ``ingest.open_job`` over that one instance)."""
     key = idempotency_key(
-        [row.sop_instance_uid], combine_pixel_digests([row.pixel_digest]), model_version, 0
+        [row.sop_instance_uid], combine_digests([row.content_digest]), model_version, 0
     )
     job = {
         "series_id": series_id,

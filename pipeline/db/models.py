@@ -92,7 +92,6 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     content_digest: Mapped[str] = mapped_column(String(64))  # SHA-256 hex of the stored bytes
-    pixel_digest: Mapped[str | None] = mapped_column(String(64))  # SHA-256 hex of pixel data
     spool_path: Mapped[str] = mapped_column(String(1024))
     number_of_frames: Mapped[int | None] = mapped_column(Integer)
     # None while unclassified; a reason when the instance is not part of a whole-body bone scan.
@@ -112,7 +111,8 @@ class Job(Timestamped, Base):
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     model_version: Mapped[str] = mapped_column(String(128))
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    # SHA-256 over (source SOP instance UIDs + pixel digest + model version + generation).
+    # SHA-256 over (source SOP instance UIDs + their content digests + model version +
+    # generation); rows opened before revision 0003 used the pixel data's digest instead.
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
     state: Mapped[JobState] = mapped_column(StrEnumType(JobState), default=JobState.RECEIVED)
     lease_owner: Mapped[str | None] = mapped_column(String(255))

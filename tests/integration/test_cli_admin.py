@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli.main import app
 from pipeline.db import migrate
-from pipeline.db.ingest import combined_pixel_digest, idempotency_key
+from pipeline.db.ingest import combined_content_digest, idempotency_key
 from pipeline.db.models import (
     AuditEvent,
     Export,
@@ -158,8 +158,7 @@ class Seeder:
                 calling_ae_title=calling_ae,
                 transfer_syntax_uid="1.2.840.10008.1.2.1",
                 size_bytes=1000,
-                content_digest="c" * 64,
-                pixel_digest=f"{n:064d}",
+                content_digest=f"{n:064d}",
                 spool_path=str(spool),
                 number_of_frames=2,
                 skip_reason="modality CT is not NM" if skipped else None,
@@ -172,7 +171,7 @@ class Seeder:
                 model_version="msanet-v1",
                 generation=0,
                 idempotency_key=idempotency_key(
-                    [sop_uid], combined_pixel_digest([instance]), "msanet-v1", 0
+                    [sop_uid], combined_content_digest([instance]), "msanet-v1", 0
                 ),
                 state=state,
                 created_at=start,
@@ -430,7 +429,7 @@ def test_reprocess_opens_the_next_generation_with_the_new_weights_and_sends_it(
     assert new.idempotency_key != old.idempotency_key
     instance = admin.db.scalar(select(Instance).where(Instance.series_id == new.series_id))
     assert new.idempotency_key == idempotency_key(
-        [instance.sop_instance_uid], combined_pixel_digest([instance]), "msanet-v2", 1
+        [instance.sop_instance_uid], combined_content_digest([instance]), "msanet-v2", 1
     )
     assert queued(redis_url, "segment") == [("bonescan.segment_series", {"job_id": new.id})]
     events = admin.db.rows(

@@ -111,7 +111,6 @@ def seed_segmented_study(url: str, data_dir: Path, weights: Path) -> SegmentedSt
         transfer_syntax_uid=dataset.file_meta.TransferSyntaxUID,
         size_bytes=path.stat().st_size,
         content_digest=hashlib.sha256(path.read_bytes()).hexdigest(),
-        pixel_digest=hashlib.sha256(dataset.PixelData).hexdigest(),
         spool_path=str(path),
         number_of_frames=int(dataset.NumberOfFrames),
         skip_reason=None,
