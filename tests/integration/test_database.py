@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +50,55 @@ def test_upgrade_downgrade_upgrade_round_trip(database_url: str) -> None:
     migrate.upgrade(database_url)
     assert _tables(database_url) == ALL_TABLES
     migrate.check(database_url)
+
+
+def test_revision_0003_drops_the_pixel_digest_and_keeps_the_instances(database_url: str) -> None:
+    """A database filled at revision 0002 keeps every instance row through 0003 (a table copy on
+    SQLite) and back; the pixel digests are not recomputed on the way down."""
+    migrate.upgrade(database_url, "0002")
+    engine = make_engine(database_url)
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO studies (id, study_instance_uid, created_at, updated_at) "
+                    "VALUES (1, '1.2.3', :now, :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO series (id, study_id, series_instance_uid, created_at, updated_at)"
+                    " VALUES (1, 1, '1.2.3.4', :now, :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO instances (id, series_id, sop_instance_uid, sop_class_uid, "
+                    "calling_ae_title, transfer_syntax_uid, size_bytes, content_digest, "
+                    "pixel_digest, spool_path, number_of_frames, received_at) VALUES (7, 1, "
+                    "'1.2.3.4.5', '1.2.840.10008.5.1.4.1.1.20', 'MODALITY', '1.2.840.10008.1.2.1',"
+                    " 1049876, :content, :pixels, '/spool/a.dcm', 2, :now)"
+                ),
+                {"content": "c" * 64, "pixels": "p" * 64, "now": now},
+            )
+        wanted = "SELECT id, sop_instance_uid, content_digest, spool_path FROM instances"
+        migrate.upgrade(database_url)
+        assert "pixel_digest" not in {c["name"] for c in inspect(engine).get_columns("instances")}
+        with engine.connect() as connection:
+            assert connection.execute(text(wanted)).all() == [
+                (7, "1.2.3.4.5", "c" * 64, "/spool/a.dcm")
+            ]
+        migrate.check(database_url)
+        migrate.downgrade(database_url, "0002")
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id, pixel_digest FROM instances")).all() == [
+                (7, None)
+            ]
+    finally:
+        engine.dispose()
 
 
 def test_alembic_check_finds_no_drift(database_url: str) -> None:
