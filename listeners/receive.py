@@ -1,7 +1,8 @@
 """From the bytes of a C-STORE to what the tracking tables keep: parse the header once, classify.
 
 Used by the C-STORE handler and by the sweeper when it recovers a spooled file that has no row.
-Pixels are never decoded nor hashed: the pixel data element is only located (its length classifies).
+Pixels are never decoded nor hashed: the pixel data element is only located, and its length
+checked against the geometry.
 """
 
 from __future__ import annotations
@@ -95,22 +96,22 @@ def _series_number(dataset: Dataset) -> int | None:
         return None
 
 
-def pixel_value(dataset: Dataset) -> bytes | None:
-    """The pixel data element's value as encoded (not decoded), or None without pixel data."""
+def pixel_length(dataset: Dataset) -> int | None:
+    """The length of the pixel data element's value as encoded, or None without pixel data."""
     for tag in PIXEL_DATA_TAGS:
         if tag in dataset:
             value = dataset.get_item(tag).value
             if isinstance(value, bytes):
-                return value
+                return len(value)
     return None
 
 
-def _describe(dataset: Dataset, sop_class_uid: str, pixels: bytes | memoryview | None) -> Parsed:
+def _describe(dataset: Dataset, sop_class_uid: str, pixel_data_length: int | None) -> Parsed:
     meta = dataset.file_meta
     classification = classify(
         dataset,
         sop_class_uid,
-        pixel_data_length=None if pixels is None else len(pixels),
+        pixel_data_length=pixel_data_length,
         encapsulated=UID(str(meta.TransferSyntaxUID)).is_encapsulated,
     )
     return _parsed(
@@ -171,7 +172,7 @@ def parse(part10: bytes, sop_class_uid: str | None = None) -> Parsed:
     try:
         dataset = dcmread(BytesIO(part10))
         sop_class = sop_class_uid or str(dataset.file_meta.MediaStorageSOPClassUID)
-        return _describe(dataset, sop_class, pixel_value(dataset))
+        return _describe(dataset, sop_class, pixel_length(dataset))
     except UnreadableDatasetError:
         raise
     # A sender's bytes reach pydicom's parser and converters here; they raise whatever the
@@ -211,8 +212,7 @@ def parse_header(
             if at > len(prefix) - 12 and len(prefix) < len(data):
                 continue  # the header runs past the prefix: read it all
             span = _pixel_span(data, at, transfer_syntax_uid)
-            pixels = None if span is None else memoryview(data)[span[0] : span[1]]
-            parsed = _describe(dataset, sop_class_uid, pixels)
+            parsed = _describe(dataset, sop_class_uid, None if span is None else span[1] - span[0])
         except UnreadableDatasetError:
             raise
         except _IrregularPixelDataError:
@@ -229,7 +229,7 @@ def _read_all(part10: bytes, sop_class_uid: str) -> Parsed:
     """The slow path: the whole file read by pydicom."""
     try:
         dataset = dcmread(BytesIO(part10))
-        return _describe(dataset, sop_class_uid, pixel_value(dataset))
+        return _describe(dataset, sop_class_uid, pixel_length(dataset))
     except UnreadableDatasetError:
         raise
     except Exception as error:
