@@ -184,18 +184,20 @@ def test_pacs_down_for_a_while_then_delivered(stack: Stack, orthanc: OrthancPacs
     stack.start_worker(listener.env)
     orthanc.stop()
     listener.storescu(*write_scan(stack.tmp_path, 5))
+
+    def retried(export: Export) -> bool:
+        # waited for on one read of the rows: asserted on a later read, it failed once in a CI
+        # rehearsal (2026-12-07; cause not found, the worker's log was cut at teardown)
+        failed_attempt = "attempt" in (export.last_error or "")
+        return export.attempts >= 2 and export.state != ExportState.FAILED and failed_attempt
+
     wait_for(
-        lambda: (
-            all(e.attempts >= 2 and e.state != ExportState.FAILED for e in _exports(listener))
-            and len(_exports(listener)) == 2
-        ),
+        lambda: len(exports := _exports(listener)) == 2 and all(map(retried, exports)),
         timeout=180,
-        what="export retries while the PACS is down",
+        what="export retries, each with its reason, while the PACS is down",
         every=0.2,
     )
     assert job_in(listener, JobState.SEGMENTED) is not None
-    pending = _exports(listener)
-    assert all("attempt" in (e.last_error or "") for e in pending)
     orthanc.start()
     _exported(listener)
     _delivered_once(listener, orthanc)
