@@ -185,10 +185,15 @@ class SpoolWriter:
         if self._fd is not None and self.error is None and self._sync is None:
             self._sync = self._syncer.submit(os.fsync, self._fd)
 
-    def commit(self, path: Path, digest: Callable[[], str] | None = None) -> Stored:
+    def commit(
+        self, path: Path, digest: Callable[[], str] | None = None, *, overlap: bool = True
+    ) -> Stored:
         """Make the bytes durable under ``path`` (see :meth:`Spool.write`).
 
         ``digest`` returns the SHA-256 of the bytes when this writer does not hash them.
+        ``overlap``: the fsyncs of new folders run on other threads, beside the file's (for a
+        data set that is alone in its process); without it they follow the folder's fsync on
+        this thread — no hand-offs, and on a journalling file system one commit covers them all.
 
         Raises
         ------
@@ -202,13 +207,15 @@ class SpoolWriter:
         fd, self._fd = self._fd, None
         sync, self._sync = self._sync, None
         parents: list[Future[None]] = []
+        made: list[Path] = []
         try:
             try:
                 try:
                     # A new folder's entry is made durable by fsyncing its parent: on another
                     # thread, while the data are fsynced.
-                    for folder in _make_dirs(path.parent):
-                        parents.append(self._syncer.submit(_fsync_dir, folder))
+                    made = _make_dirs(path.parent)
+                    if overlap:
+                        parents = [self._syncer.submit(_fsync_dir, folder) for folder in made]
                 finally:
                     _sync_and_close(fd, sync)
                 os.replace(self.partial, path)
@@ -217,6 +224,9 @@ class SpoolWriter:
                 raise
             try:
                 _fsync_dir(path.parent)
+                if not overlap:
+                    for folder in made:
+                        _fsync_dir(folder)
                 for future in parents:
                     future.result()  # the OSError of a failed fsync
             except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import urllib.request
@@ -104,6 +105,37 @@ def test_two_frame_scan_is_spooled_as_sent_recorded_and_enqueued(
     assert float(metrics['bonescan_listener_instances_received_total{result="stored"}']) == 1
     assert float(metrics["bonescan_listener_received_bytes_total"]) == instance.size_bytes
     assert float(metrics["bonescan_listener_store_handler_seconds_count"]) == 1
+
+
+def test_scans_arriving_together_are_each_spooled_whole_with_their_digest(
+    start_listener: StartListener, tmp_path: Path
+) -> None:
+    """Four associations at once to one process: a data set that arrives among others is filed
+    on its own thread (no hand-offs), one alone overlaps its fsync and digest on other threads;
+    either way every file is the data set as sent, under its own new folders, and its row
+    carries the SHA-256 of the stored bytes."""
+    from tests.integration.test_listener_faults import _send_in_background  # a cycle at the top
+
+    listener = start_listener()
+    files = [
+        factory.save(factory.nm_whole_body(seed=i), tmp_path / "scans" / f"{i:02d}.dcm")
+        for i in range(12)
+    ]
+    senders = [_send_in_background(listener.port, files[i::4]) for i in range(4)]
+    for sender in senders:
+        output, _ = sender.communicate(timeout=90)
+        assert sender.returncode == 0, output
+
+    rows = listener.instances()
+    assert len(rows) == len(files)
+    sent = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+    for row in rows:
+        spooled = Path(row.spool_path)
+        assert dataset_bytes(spooled) == dataset_bytes(sent[row.sop_instance_uid])
+        assert row.content_digest == hashlib.sha256(spooled.read_bytes()).hexdigest()
+        assert row.size_bytes == spooled.stat().st_size
+    assert list(listener.spool.rglob("*.part")) == []
+    assert len(listener.jobs()) == len(files)
 
 
 def test_resent_instance_is_success_and_recorded_once(

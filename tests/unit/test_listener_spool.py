@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from listeners import spool as spool_module
 from listeners.spool import Spool, is_valid_uid
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
@@ -37,6 +38,58 @@ def test_a_failed_write_leaves_no_file_at_all(
     with pytest.raises(OSError, match="No space"):
         spool.write(path, b"x" * 1000)
     assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["folders-beside", "folders-after"])
+def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    """Alone in its process a data set fsyncs its new folders on other threads, beside the
+    file's fsync; among others, after the folder's fsync on its own thread. Both make every
+    new folder's entry durable and leave the same file."""
+    synced: list[Path] = []
+    real = spool_module._fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", recording)
+    root = tmp_path / "spool"
+    spool = Spool(root)
+    path = spool.path_for(STUDY, SERIES, SOP)
+    writer = spool.writer(SOP)
+    writer.write(b"head")
+    writer.write(b"body")
+    stored = writer.commit(path, overlap=overlap)
+    assert path.read_bytes() == b"headbody"
+    assert stored.content_digest == hashlib.sha256(b"headbody").hexdigest()
+    # the new study and series folders' parents, and the series folder for the rename
+    assert sorted(synced) == sorted([root, root / STUDY, root / STUDY / SERIES])
+    assert list(spool.files()) == [path]
+    assert [p.name for p in spool.incoming.iterdir()] == []
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["folders-beside", "folders-after"])
+def test_a_folder_that_cannot_be_made_durable_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    root = tmp_path / "spool"
+    real = spool_module._fsync_dir
+
+    def failing(path: Path) -> None:
+        if path == root:  # the new study folder's entry
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", failing)
+    spool = Spool(root)
+    path = spool.path_for(STUDY, SERIES, SOP)
+    writer = spool.writer(SOP)
+    writer.write(b"x" * 1000)
+    with pytest.raises(OSError, match="Input/output"):
+        writer.commit(path, overlap=overlap)
+    assert [p for p in root.rglob("*") if p.is_file()] == []
 
 
 def test_rewrite_replaces_the_file_whole(tmp_path: Path) -> None:
