@@ -31,6 +31,7 @@ import logging
 import socket
 import ssl
 import struct
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -264,9 +265,31 @@ class Association:
         self._send_lock = threading.Lock()
 
     # -- socket I/O
+    def set_timeout(self, seconds: float) -> None:
+        """Bound every receive and send by ``seconds``.
+
+        On Linux a plain TCP socket stays blocking with the kernel's timeouts (SO_RCVTIMEO,
+        SO_SNDTIMEO): each ``recv_into`` is then one system call. Python's own timeout polls
+        before every receive — a second system call, and a second release of the interpreter
+        lock, per PDU, which other associations' threads pay for in thread switches. TLS keeps
+        Python's timeout (its layer reads ahead of what the caller asks).
+        """
+        if isinstance(self.sock, ssl.SSLSocket) or not sys.platform.startswith("linux"):
+            self.sock.settimeout(seconds)
+            return
+        self.sock.settimeout(None)
+        whole = int(seconds)
+        micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)  # 0, 0 = never
+        timeval = struct.pack("ll", whole, micro)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
     def _recv_exact(self, view: memoryview) -> None:
         while view:
-            got = self.sock.recv_into(view)
+            try:
+                got = self.sock.recv_into(view)
+            except BlockingIOError:  # SO_RCVTIMEO ran out (EAGAIN)
+                raise TimeoutError("nothing received within the timeout") from None
             if not got:
                 raise ConnectionError("peer closed the connection")
             view = view[got:]
@@ -284,7 +307,10 @@ class Association:
 
     def send(self, data: bytes) -> None:
         with self._send_lock:
-            self.sock.sendall(data)
+            try:
+                self.sock.sendall(data)
+            except BlockingIOError:  # SO_SNDTIMEO ran out (EAGAIN)
+                raise TimeoutError("the peer took nothing within the timeout") from None
 
     def send_abort(self, source: int, reason: int) -> None:
         with contextlib.suppress(OSError):
@@ -307,12 +333,12 @@ class Association:
     # -- the association
     def run(self) -> None:
         try:
-            self.sock.settimeout(self.server.acse_timeout)
+            self.set_timeout(self.server.acse_timeout)
             if isinstance(self.sock, ssl.SSLSocket):
                 self.sock.do_handshake()
             if not self.associate():
                 return
-            self.sock.settimeout(self.server.network_timeout)
+            self.set_timeout(self.server.network_timeout)
             self.serve()
         except ProtocolError as error:
             logger.warning("association_aborted_protocol reason=%s", error)
