@@ -135,6 +135,14 @@ def _send_in_background(port: int, files: list[Path]) -> subprocess.Popen[str]:
     )
 
 
+def _send_in_parallel(port: int, files: list[Path], associations: int, timeout: float) -> None:
+    """``files`` over ``associations`` storescu associations at once; each must succeed."""
+    senders = [_send_in_background(port, files[i::associations]) for i in range(associations)]
+    for sender in senders:
+        output, _ = sender.communicate(timeout=timeout)
+        assert sender.returncode == 0, output
+
+
 def _spool_is_consistent(listener_spool: Path, recorded: set[str]) -> None:
     partials = list(listener_spool.rglob("*.part"))
     assert partials == [], partials

@@ -25,7 +25,11 @@ from tests.integration.conftest import (
     StartListener,
     wait_for,
 )
-from tests.integration.test_listener_faults import _send_in_background, _series
+from tests.integration.test_listener_faults import (
+    _send_in_background,
+    _send_in_parallel,
+    _series,
+)
 from tests.integration.test_listener_store import queued_tasks
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,10 +62,7 @@ def test_two_processes_file_every_scan_enqueue_its_job_and_count_it_once(
     listener = start_listener(BROKER_URL=redis_url, LISTENER__METRICS_PORT=str(metrics_port), **TWO)
     assert sorted(_process_pids(listener)) == [0, 1]
     files = _scans(tmp_path, 8)
-    senders = [_send_in_background(listener.port, files[i::4]) for i in range(4)]
-    for sender in senders:
-        output, _ = sender.communicate(timeout=120)
-        assert sender.returncode == 0, output
+    _send_in_parallel(listener.port, files, associations=4, timeout=120)
 
     rows = listener.instances()
     assert len(rows) == len(files)

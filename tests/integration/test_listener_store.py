@@ -114,17 +114,14 @@ def test_scans_arriving_together_are_each_spooled_whole_with_their_digest(
     on its own thread (no hand-offs), one alone overlaps its fsync and digest on other threads;
     either way every file is the data set as sent, under its own new folders, and its row
     carries the SHA-256 of the stored bytes."""
-    from tests.integration.test_listener_faults import _send_in_background  # a cycle at the top
+    from tests.integration.test_listener_faults import _send_in_parallel  # a cycle at the top
 
     listener = start_listener()
     files = [
         factory.save(factory.nm_whole_body(seed=i), tmp_path / "scans" / f"{i:02d}.dcm")
         for i in range(12)
     ]
-    senders = [_send_in_background(listener.port, files[i::4]) for i in range(4)]
-    for sender in senders:
-        output, _ = sender.communicate(timeout=90)
-        assert sender.returncode == 0, output
+    _send_in_parallel(listener.port, files, associations=4, timeout=90)
 
     rows = listener.instances()
     assert len(rows) == len(files)
