@@ -138,7 +138,7 @@ class Listener:
         listener = settings.listener
         self.engine = listener_engine(settings)
         self.session_factory = ListenerSessions(self.engine)
-        self.spool = Spool(settings.spool_dir)
+        self.spool = Spool(settings.spool_dir, reserve=1)  # one file made ahead (Spool)
         self.metrics = ListenerMetrics()
         self.model_version = current_model_version(settings)
         self.enqueuer = Enqueuer(settings, self.session_factory, self.metrics)
@@ -187,6 +187,7 @@ class Listener:
             address = (listener.host, listener.port)
             tls = ssl_context(listener)
             self.server = StoreServer(self.ae, self.handlers, address, ssl_context=tls)
+            self.handlers.associations = self.server.slots.total
             self.server.start()
         self.sweeper.start()
         if listener.metrics_port is not None:
@@ -222,6 +223,7 @@ class Listener:
             self.sender.stop()  # what it sent is reported to the sweeper before it stops
         self.sweeper.stop()
         self.sweeper.join(timeout=5)
+        self.spool.close()
         self.engine.dispose()
 
 

@@ -232,7 +232,9 @@ class _Receipt:
         self.command = command
         self.header = PREAMBLE + file_meta(command, peer.calling_ae_title)
         # hashed at the end, on another core, while the header is parsed (StoreHandlers.file)
-        self.writer = handlers.spool.writer(command.sop_instance_uid, hash_here=False)
+        self.writer = handlers.spool.writer(
+            command.sop_instance_uid, hash_here=False, flush_early=not handlers.in_flight
+        )
         self.writer.write(self.header)
         handlers.in_flight.add(self)
 
@@ -278,6 +280,9 @@ class StoreHandlers:
         self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bonescan-hash")
         # the C-STORE data sets this process is receiving now (see :meth:`file`)
         self.in_flight: set[_Receipt] = set()
+        # how many associations the listener serves now, in all its processes (the SCP's
+        # slots; see _store_while_syncing); until the server is wired, this process's own
+        self.associations: Callable[[], int] = lambda: len(self.in_flight)
 
     def accepted(self, peer: Peer) -> None:
         self.metrics.associations.labels("accepted", "").inc()
@@ -373,11 +378,32 @@ class StoreHandlers:
             # A resend finds its file in place (a stat, not a query, for every new instance);
             # the row decides. One whose file is elsewhere (another study) is caught by the
             # insert below.
-            if path.exists() and self.seen_before(sop_uid):
-                return self._duplicate(sop_uid, calling)
-            stored = receipt.writer.commit(path, digest, overlap=overlap)
+            resent = path.exists() and self.seen_before(sop_uid)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
+        if resent:
+            return self._duplicate(sop_uid, calling)
+        if overlap and self.associations() <= 1:
+            return self._store_while_syncing(receipt, parsed, path, digest)
+        return self._store_then_record(receipt, parsed, path, digest, overlap=overlap)
+
+    def _store_then_record(
+        self,
+        receipt: _Receipt,
+        parsed: Parsed,
+        path: Path,
+        digest: Callable[[], str],
+        *,
+        overlap: bool,
+    ) -> Answer:
+        """Make the file durable, then commit its row with those of other associations
+        (:class:`RecordWriter`)."""
+        sop_uid = receipt.command.sop_instance_uid
+        calling = receipt.peer.calling_ae_title
+        try:
+            stored = receipt.writer.commit(path, digest, overlap=overlap)
+        except OSError as error:
+            return self._out_of_resources(sop_uid, "spool", error)
         try:
             recorded = self.writer.record(
                 parsed, stored, calling=calling, called=receipt.peer.called_ae_title
@@ -390,6 +416,45 @@ class StoreHandlers:
                 if self._filed_elsewhere(sop_uid, stored.path):
                     self.spool.remove(stored.path)  # the row keeps its own file
             return self._duplicate(sop_uid, calling)
+        return self._filed(parsed, stored, recorded, calling)
+
+    def _store_while_syncing(
+        self, receipt: _Receipt, parsed: Parsed, path: Path, digest: Callable[[], str]
+    ) -> Answer:
+        """File a data set that is alone in the listener: its row's statements run while its
+        file's fsync (started when the last fragment came in) waits on the disk, and are
+        committed once the file is durable under its final name — rolled back if it is not.
+
+        The same order of durability as :meth:`_store` (file, then row, then Success), with the
+        row's processor time spent inside the disk's. The write transaction stays open for the
+        fsync, so this is only done while no other association could be waiting for it.
+        """
+        sop_uid = receipt.command.sop_instance_uid
+        calling = receipt.peer.calling_ae_title
+        stored = Stored(path=path, size_bytes=receipt.writer.size, content_digest=digest())
+        row = received_instance(
+            parsed, stored, calling_ae_title=calling, called_ae_title=receipt.peer.called_ae_title
+        )
+        durable = False
+        try:
+            with self.session_factory.transaction() as connection:
+                [recorded] = filing.file_instances(connection, [row], self.writer.model_version)
+                if recorded.instance_id is not None:  # a resend (filed elsewhere) is not written
+                    receipt.writer.commit(path, digest)
+                    durable = True
+        except OSError as error:
+            return self._out_of_resources(sop_uid, "spool", error)
+        except SQLAlchemyError as error:
+            if durable:
+                self.spool.remove(path)  # nothing half-written: no file without its row
+            return self._out_of_resources(sop_uid, "database", error)
+        if recorded.instance_id is None:
+            return self._duplicate(sop_uid, calling)
+        return self._filed(parsed, stored, recorded, calling)
+
+    def _filed(self, parsed: Parsed, stored: Stored, recorded: Filed, calling: str) -> Answer:
+        """Count and log a filed instance, hand its job or its arrival on; Success."""
+        sop_uid = parsed.sop_instance_uid
         self._accepted(parsed, stored, calling)
         if recorded.job_id is not None:
             self.metrics.jobs.labels("opened").inc()

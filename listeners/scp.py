@@ -550,6 +550,10 @@ class Slots(Protocol):
 
     def give_back(self) -> None: ...
 
+    def total(self) -> int:
+        """How many associations all the servers of the port hold now."""
+        ...
+
 
 class _LocalSlots:
     """The association count of a server that serves its port alone."""
@@ -568,6 +572,9 @@ class _LocalSlots:
     def give_back(self) -> None:
         with self._lock:
             self.taken = max(0, self.taken - 1)
+
+    def total(self) -> int:
+        return self.taken
 
 
 class StoreServer:

@@ -66,6 +66,9 @@ class WorkerSlots:
         with self.counts.get_lock():
             self.counts[self.index] = max(0, self.counts[self.index] - 1)
 
+    def total(self) -> int:
+        return sum(self.counts[:])
+
     def free_all(self) -> None:
         with self.counts.get_lock():
             self.counts[self.index] = 0
@@ -182,8 +185,10 @@ def serve_associations(
     sessions = ListenerSessions(engine)
     link = _Link(connection)
     metrics = RelayedMetrics()
+    spool = Spool(settings.spool_dir, reserve=1)  # one file made ahead (Spool)
+    slots = WorkerSlots(counts, index)
     handlers = StoreHandlers(
-        Spool(settings.spool_dir),
+        spool,
         sessions,
         _LinkedArrivals(link),
         metrics,
@@ -195,8 +200,9 @@ def serve_associations(
         (listener.host, listener.port),
         ssl_context=ssl_context(listener),
         sock=sock,
-        slots=WorkerSlots(counts, index),
+        slots=slots,
     )
+    handlers.associations = slots.total
     orphaned = threading.Event()
     threading.Thread(
         target=_watch_parent, args=(connection, orphaned, stop), name="parent-watch", daemon=True
@@ -213,8 +219,10 @@ def serve_associations(
         # the listener clears partial files when it starts), and the port is let go at once
         logger.error("association_process_orphaned index=%d: stopping", index)
         server.shutdown(0.0)
+        spool.close()
         return
     aborted = server.shutdown(listener.shutdown_grace_seconds)
+    spool.close()
     link.send(("metrics", *metrics.increments()))
     link.send(("stopped", aborted))
     engine.dispose()

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from listeners.spool import INCOMING, RESERVE_SUFFIX
 from pipeline.db.migrate import upgrade
 from pipeline.db.models import Instance, Job
 from pipeline.db.session import make_engine, make_session_factory
@@ -100,7 +101,12 @@ class RunningListener:
             return list(session.scalars(select(Job).order_by(Job.id)))
 
     def spool_files(self) -> list[Path]:
-        return sorted(p for p in self.spool.rglob("*") if p.is_file())
+        """Every file in the spool but the empty ones made ahead for the next data sets
+        (``Spool(reserve=…)``), which are checked to be empty."""
+        files = sorted(p for p in self.spool.rglob("*") if p.is_file())
+        reserved = [p for p in files if p.name.endswith(RESERVE_SUFFIX)]
+        assert all(p.parent.name == INCOMING and p.stat().st_size == 0 for p in reserved)
+        return [p for p in files if p not in reserved]
 
     def alive(self) -> bool:
         return self.process.poll() is None

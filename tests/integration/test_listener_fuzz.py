@@ -191,7 +191,7 @@ def test_fuzz_corpus_is_answered_and_leaves_no_orphans(
     assert 0x0000 in kinds  # some filed (most as skipped)
     assert 0xC000 in kinds  # some refused as not understood
     recorded = {row.spool_path for row in listener.instances()}
-    on_disk = {str(path) for path in listener.spool.rglob("*") if path.is_file()}
+    on_disk = {str(path) for path in listener.spool_files()}
     assert on_disk == recorded  # no file without its row, no partial file
     assert all(Path(p).resolve().is_relative_to(listener.spool.resolve()) for p in on_disk)
     log = listener.log()  # pynetdicom logs the junk PDUs it refuses; our code never failed

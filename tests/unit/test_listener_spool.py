@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,61 @@ def test_non_uids_never_become_paths(tmp_path: Path, uid: str) -> None:
     assert not is_valid_uid(uid)
     with pytest.raises(ValueError, match="not a valid UID"):
         Spool(tmp_path).path_for(uid, SERIES, SOP)
+
+
+def test_a_failed_background_flush_fails_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first bytes are flushed while the rest arrives; an fsync's error is reported once,
+    so one that fails there fails the commit even when the final fsync succeeds."""
+    flushed: list[int] = []
+
+    def failing(fd: int) -> None:
+        flushed.append(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    spool = Spool(tmp_path / "spool")
+    writer = spool.writer(SOP, flush_early=True)
+    for _ in range(4):
+        writer.write(b"x" * spool_module.WRITEBACK_STEP)
+    with pytest.raises(OSError, match="Input/output"):
+        writer.commit(spool.path_for(STUDY, SERIES, SOP))
+    assert flushed
+    assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
+
+
+def _reserved(spool: Spool, timeout: float = 10.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(spool.incoming.glob(f"*{spool_module.RESERVE_SUFFIX}"))
+        if found:
+            return found
+        time.sleep(0.01)
+    return []
+
+
+def test_a_file_made_ahead_is_the_next_writers_and_removed_at_close(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve=1)
+    spool.write(spool.path_for(STUDY, SERIES, SOP), b"first")
+    [reserve] = _reserved(spool)
+    assert reserve.stat().st_size == 0
+    inode = reserve.stat().st_ino
+    writer = spool.writer("1.2.3.4.6")
+    assert writer.partial.stat().st_ino == inode  # the file made ahead, renamed
+    writer.write(b"second")
+    path = spool.path_for(STUDY, SERIES, "1.2.3.4.6")
+    writer.commit(path)
+    assert path.read_bytes() == b"second"
+    assert _reserved(spool)  # made again for the next one
+    spool.close()
+    assert list(spool.incoming.iterdir()) == []
+
+
+def test_files_made_ahead_by_a_dead_process_are_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.incoming.mkdir(parents=True)
+    for pid in (123, 124):
+        (spool.incoming / f".reserve.{pid}.456{spool_module.RESERVE_SUFFIX}").write_bytes(b"")
+    assert spool.remove_partials(pid=123) == 0  # empty, made ahead: nothing was lost
+    assert [p.name for p in spool.incoming.iterdir()] == [".reserve.124.456.reserve"]
