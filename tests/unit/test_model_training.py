@@ -150,8 +150,23 @@ def test_cosine_schedule_runs_each_epoch_at_its_learning_rate(tmp_path: Path) ->
         train(ModelConfig.preset("tiny"), data, tmp_path / "bad", epochs=1, precision="fp16")
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 itself (AVX512-BF16 or AMX); elsewhere PyTorch
+    emulates it, dozens of times slower (60 epochs of this test: over 12 minutes on an AVX2-only
+    AMD EPYC VM, 2026-12-07)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @pytest.mark.parametrize("precision", ["auto", "bf16"])  # auto: fp32 on CPU
 def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path, precision: str) -> None:
+    """60 epochs on four crops reach a pooled DSC above 0.9 (fp32) or 0.8 (bf16 autocast).
+    On a CPU without native bfloat16 the bf16 run is 2 epochs and checks that it trains (finite
+    losses, a checkpoint that segments): the learning claim needs the hardware it is for."""
+    epochs = 60 if precision == "auto" or _native_bf16() else 2
     data = tmp_path / "data"
     write_split(data, "train", 4, seed=3)
     crops = disc_crops(4, seed=3)
@@ -169,7 +184,7 @@ def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path, precision: str)
         # statistics lagged the last steps' weights and the pooled DSC depended on the CPU's
         # rounding (0.91+ on an AMD EPYC, 0.876 on an Intel Xeon); now 0.963 (fp32) and 0.944
         # (bf16) on the Xeon
-        epochs=60,
+        epochs=epochs,
         batch_size=4,
         lr=1e-2,
         lr_schedule="cosine",
@@ -180,11 +195,16 @@ def test_tiny_preset_overfits_a_handful_of_crops(tmp_path: Path, precision: str)
         callback=Count(),
         precision=precision,
     )
-    assert seen == list(range(1, 61))
+    assert seen == list(range(1, epochs + 1))
     segmenter = Segmenter.load(result.last_checkpoint, device="cpu")
     masks = segmenter.predict_masks(np.stack([c[0] for c in crops]))
-    dsc = pixel_metrics(masks, np.stack([c[1] for c in crops]))["dsc"]
+    truth = np.stack([c[1] for c in crops])
     curve = [round(r["loss_seg"], 3) for r in result.history]
+    if epochs < 60:
+        assert masks.shape == truth.shape
+        assert all(np.isfinite(r["loss_seg"]) for r in result.history), curve
+        return
+    dsc = pixel_metrics(masks, truth)["dsc"]
     # bf16 autocast learns too, a little less exactly (README "The model")
     floor = 0.9 if precision == "auto" else 0.8
     assert dsc > floor, f"pooled DSC {dsc:.3f} after 60 epochs; L_seg per epoch {curve}"
