@@ -8,6 +8,7 @@ answered Success only once the instance is in the spool (fsynced) and its row is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -431,14 +432,20 @@ class StoreHandlers:
         """
         sop_uid = receipt.command.sop_instance_uid
         calling = receipt.peer.calling_ae_title
-        stored = Stored(path=path, size_bytes=receipt.writer.size, content_digest=digest())
+        receipt.writer.prepare(path.parent)  # its folders are made while the row is written
+        unhashed = Stored(path=path, size_bytes=receipt.writer.size, content_digest="")
         row = received_instance(
-            parsed, stored, calling_ae_title=calling, called_ae_title=receipt.peer.called_ae_title
+            parsed, unhashed, calling_ae_title=calling, called_ae_title=receipt.peer.called_ae_title
         )
         durable = False
         try:
             with self.session_factory.transaction() as connection:
-                [recorded] = filing.file_instances(connection, [row], self.writer.model_version)
+                # the study and series rows need no digest: written while it is computed
+                series = filing.place_series(connection, [row])
+                row = dataclasses.replace(row, content_digest=digest())
+                [recorded] = filing.file_instances(
+                    connection, [row], self.writer.model_version, series=series
+                )
                 if recorded.instance_id is not None:  # a resend (filed elsewhere) is not written
                     receipt.writer.commit(path, digest)
                     durable = True
@@ -450,6 +457,7 @@ class StoreHandlers:
             return self._out_of_resources(sop_uid, "database", error)
         if recorded.instance_id is None:
             return self._duplicate(sop_uid, calling)
+        stored = dataclasses.replace(unhashed, content_digest=row.content_digest)
         return self._filed(parsed, stored, recorded, calling)
 
     def _filed(self, parsed: Parsed, stored: Stored, recorded: Filed, calling: str) -> Answer:

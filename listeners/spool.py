@@ -90,6 +90,12 @@ def _open_new(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
 
 
+def _make_durable_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, and make their entries durable."""
+    for parent in _make_dirs(folder):
+        _fsync_dir(parent)
+
+
 def _sync_file_range() -> Callable[[int, int, int], None] | None:
     """Linux ``sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)``, or None elsewhere.
 
@@ -162,6 +168,8 @@ class SpoolWriter:
         self._sync: Future[None] | None = None  # the fsync start_sync() began
         self._flush: Future[None] | None = None  # the latest flush of what arrived so far
         self._flush_early = flush_early
+        # the final folder, being made on another thread (prepare())
+        self._folder: tuple[Path, Future[None]] | None = None
         self.error: OSError | None = None
         self._fd: int | None = None
         self.partial = incoming / f".{name}.{os.getpid()}.{time.monotonic_ns()}{PARTIAL_SUFFIX}"
@@ -185,6 +193,13 @@ class SpoolWriter:
         except FileNotFoundError:
             self._incoming.mkdir(parents=True, exist_ok=True)
             return _open_new(self.partial)
+
+    def prepare(self, folder: Path) -> None:
+        """Start making the final ``folder`` (and its missing parents) on another thread, with
+        their entries durable, as :meth:`commit` would; a commit into that folder then only
+        waits for it (one elsewhere does it itself)."""
+        if self._folder is None and self.error is None:
+            self._folder = (folder, self._syncer.submit(_make_durable_dirs, folder))
 
     def write(self, chunk: bytes | memoryview) -> None:
         """Append ``chunk``; after a failure, nothing (the error waits for :meth:`commit`)."""
@@ -254,19 +269,24 @@ class SpoolWriter:
         fd, self._fd = self._fd, None
         sync, self._sync = self._sync, None
         flush, self._flush = self._flush, None
+        early, self._folder = self._folder, None
         parents: list[Future[None]] = []  # fsyncs of new folders' parents on other threads
         later: list[Path] = []  # new folders' parents this thread fsyncs after the rename
         try:
             try:
+                prepared = early[1] if early is not None and early[0] == path.parent else None
                 try:
-                    # A new folder's entry is made durable by fsyncing its parent: on another
-                    # thread, while the data are fsynced.
-                    later = _make_dirs(path.parent)
-                    if overlap:
-                        parents = [self._syncer.submit(_fsync_dir, f) for f in later]
-                        later = []
+                    if prepared is None:
+                        # A new folder's entry is made durable by fsyncing its parent: on
+                        # another thread, while the data are fsynced.
+                        later = _make_dirs(path.parent)
+                        if overlap:
+                            parents = [self._syncer.submit(_fsync_dir, f) for f in later]
+                            later = []
                 finally:
                     _sync_and_close(fd, sync, flush)
+                if prepared is not None:
+                    prepared.result()  # the folder is there, its entries durable
                 os.replace(self.partial, path)
             except BaseException:
                 self.partial.unlink(missing_ok=True)
@@ -280,7 +300,7 @@ class SpoolWriter:
                 path.unlink(missing_ok=True)  # not durable: not there
                 raise
         finally:
-            for future in parents:
+            for future in parents if early is None else [*parents, early[1]]:
                 future.exception()  # no fsync outlives the call
         return Stored(path=path, size_bytes=self.size, content_digest=self._digest(digest))
 
@@ -296,7 +316,8 @@ class SpoolWriter:
         fd, self._fd = self._fd, None
         sync, self._sync = self._sync, None
         flush, self._flush = self._flush, None
-        for started in (sync, flush):
+        early, self._folder = self._folder, None
+        for started in (sync, flush, None if early is None else early[1]):
             if started is not None:
                 started.exception()  # the descriptor is not closed under an fsync
         if fd is not None:

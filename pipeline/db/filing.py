@@ -249,19 +249,30 @@ def instance_spool_path(connection: Connection, sop_instance_uid: str) -> str | 
     return connection.execute(statement.limit(1)).scalar()
 
 
+def place_series(
+    connection: Connection, rows: Sequence[ReceivedInstance], now: datetime | None = None
+) -> dict[str, int]:
+    """The ids of the series of ``rows``, by Series Instance UID, their studies and series
+    inserted where new: the part of filing that reads no content digest."""
+    now = now or utcnow()
+    return _upsert_series(connection, rows, _upsert_studies(connection, rows, now), now)
+
+
 def file_instances(
     connection: Connection,
     rows: Sequence[ReceivedInstance],
     model_version: str,
     *,
     open_scans: bool = True,
+    series: dict[str, int] | None = None,
 ) -> list[Filed]:
     """Insert the instances of ``rows`` (with their studies and series) in the caller's
     transaction; a series that is not a bone scan gets its ``skipped`` job; with ``open_scans``,
-    a 2-frame whole-body instance opens its job (complete on arrival)."""
+    a 2-frame whole-body instance opens its job (complete on arrival). ``series``: what
+    :func:`place_series` returned for these rows in this transaction."""
     now = utcnow()
-    studies = _upsert_studies(connection, rows, now)
-    series = _upsert_series(connection, rows, studies, now)
+    if series is None:
+        series = place_series(connection, rows, now)
     inserted = _insert_instances(connection, rows, series, now)
     filed: list[Filed] = []
     scans: list[int] = []  # indexes in filed of the 2-frame scans whose job opens now

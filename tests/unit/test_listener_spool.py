@@ -173,3 +173,57 @@ def test_files_made_ahead_by_a_dead_process_are_removed(tmp_path: Path) -> None:
         (spool.incoming / f".reserve.{pid}.456{spool_module.RESERVE_SUFFIX}").write_bytes(b"")
     assert spool.remove_partials(pid=123) == 0  # empty, made ahead: nothing was lost
     assert [p.name for p in spool.incoming.iterdir()] == [".reserve.124.456.reserve"]
+
+
+def test_a_prepared_folder_is_made_durable_and_used_by_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = spool_module._fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", recording)
+    root = tmp_path / "spool"
+    spool = Spool(root)
+    path = spool.path_for(STUDY, SERIES, SOP)
+    writer = spool.writer(SOP)
+    writer.prepare(path.parent)
+    writer.write(b"data")
+    writer.commit(path)
+    assert path.read_bytes() == b"data"
+    assert sorted(synced) == sorted([root, root / STUDY, root / STUDY / SERIES])
+
+
+def test_a_commit_elsewhere_than_the_prepared_folder_makes_its_own(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    path = spool.path_for(STUDY, SERIES, SOP)
+    writer = spool.writer(SOP)
+    writer.prepare(spool.path_for("1.2.9", SERIES, SOP).parent)
+    writer.write(b"data")
+    writer.commit(path)
+    assert list(spool.files()) == [path]
+
+
+def test_a_prepared_folder_that_cannot_be_made_durable_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "spool"
+    real = spool_module._fsync_dir
+
+    def failing(path: Path) -> None:
+        if path == root:
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", failing)
+    spool = Spool(root)
+    path = spool.path_for(STUDY, SERIES, SOP)
+    writer = spool.writer(SOP)
+    writer.prepare(path.parent)
+    writer.write(b"x" * 1000)
+    with pytest.raises(OSError, match="Input/output"):
+        writer.commit(path)
+    assert [p for p in root.rglob("*") if p.is_file()] == []
