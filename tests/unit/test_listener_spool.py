@@ -41,13 +41,18 @@ def test_a_failed_write_leaves_no_file_at_all(
     assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.parametrize("overlap", [True, False], ids=["folders-beside", "folders-after"])
+@pytest.mark.parametrize(
+    ("overlap", "prepare"),
+    [(True, False), (False, False), (True, True)],
+    ids=["folders-beside", "folders-after", "folders-prepared"],
+)
 def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool, prepare: bool
 ) -> None:
     """Alone in its process a data set fsyncs its new folders on other threads, beside the
-    file's fsync; among others, after the folder's fsync on its own thread. Both make every
-    new folder's entry durable and leave the same file."""
+    file's fsync (or they were made beforehand by prepare()); among others, after the folder's
+    fsync on its own thread. All make every new folder's entry durable and leave the same
+    file."""
     synced: list[Path] = []
     real = spool_module._fsync_dir
 
@@ -60,6 +65,8 @@ def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
     spool = Spool(root)
     path = spool.path_for(STUDY, SERIES, SOP)
     writer = spool.writer(SOP)
+    if prepare:
+        writer.prepare(path.parent)
     writer.write(b"head")
     writer.write(b"body")
     stored = writer.commit(path, overlap=overlap)
@@ -71,9 +78,13 @@ def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
     assert [p.name for p in spool.incoming.iterdir()] == []
 
 
-@pytest.mark.parametrize("overlap", [True, False], ids=["folders-beside", "folders-after"])
+@pytest.mark.parametrize(
+    ("overlap", "prepare"),
+    [(True, False), (False, False), (True, True)],
+    ids=["folders-beside", "folders-after", "folders-prepared"],
+)
 def test_a_folder_that_cannot_be_made_durable_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool, prepare: bool
 ) -> None:
     root = tmp_path / "spool"
     real = spool_module._fsync_dir
@@ -87,6 +98,8 @@ def test_a_folder_that_cannot_be_made_durable_leaves_no_file(
     spool = Spool(root)
     path = spool.path_for(STUDY, SERIES, SOP)
     writer = spool.writer(SOP)
+    if prepare:
+        writer.prepare(path.parent)
     writer.write(b"x" * 1000)
     with pytest.raises(OSError, match="Input/output"):
         writer.commit(path, overlap=overlap)
@@ -175,28 +188,6 @@ def test_files_made_ahead_by_a_dead_process_are_removed(tmp_path: Path) -> None:
     assert [p.name for p in spool.incoming.iterdir()] == [".reserve.124.456.reserve"]
 
 
-def test_a_prepared_folder_is_made_durable_and_used_by_the_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[Path] = []
-    real = spool_module._fsync_dir
-
-    def recording(path: Path) -> None:
-        synced.append(path)
-        real(path)
-
-    monkeypatch.setattr(spool_module, "_fsync_dir", recording)
-    root = tmp_path / "spool"
-    spool = Spool(root)
-    path = spool.path_for(STUDY, SERIES, SOP)
-    writer = spool.writer(SOP)
-    writer.prepare(path.parent)
-    writer.write(b"data")
-    writer.commit(path)
-    assert path.read_bytes() == b"data"
-    assert sorted(synced) == sorted([root, root / STUDY, root / STUDY / SERIES])
-
-
 def test_a_commit_elsewhere_than_the_prepared_folder_makes_its_own(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     path = spool.path_for(STUDY, SERIES, SOP)
@@ -205,25 +196,3 @@ def test_a_commit_elsewhere_than_the_prepared_folder_makes_its_own(tmp_path: Pat
     writer.write(b"data")
     writer.commit(path)
     assert list(spool.files()) == [path]
-
-
-def test_a_prepared_folder_that_cannot_be_made_durable_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / "spool"
-    real = spool_module._fsync_dir
-
-    def failing(path: Path) -> None:
-        if path == root:
-            raise OSError(5, "Input/output error")
-        real(path)
-
-    monkeypatch.setattr(spool_module, "_fsync_dir", failing)
-    spool = Spool(root)
-    path = spool.path_for(STUDY, SERIES, SOP)
-    writer = spool.writer(SOP)
-    writer.prepare(path.parent)
-    writer.write(b"x" * 1000)
-    with pytest.raises(OSError, match="Input/output"):
-        writer.commit(path)
-    assert [p for p in root.rglob("*") if p.is_file()] == []
