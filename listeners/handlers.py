@@ -426,9 +426,11 @@ class StoreHandlers:
         file's fsync (started when the last fragment came in) waits on the disk, and are
         committed once the file is durable under its final name — rolled back if it is not.
 
-        The same order of durability as :meth:`_store` (file, then row, then Success), with the
-        row's processor time spent inside the disk's. The write transaction stays open for the
-        fsync, so this is only done while no other association could be waiting for it.
+        The same order of durability as :meth:`_store_then_record` (file, then row, then
+        Success), with the row's processor time spent inside the disk's; a resend filed under
+        another path is found by the insert before anything is renamed. The write transaction
+        stays open for the fsync, so this is only done while no other association could be
+        waiting for it.
         """
         sop_uid = receipt.command.sop_instance_uid
         calling = receipt.peer.calling_ae_title
