@@ -145,9 +145,10 @@ class SpoolWriter:
 
     The bytes go to a hidden ``.part`` file in the spool's ``.incoming`` folder (its final
     folder is not known until the header is parsed). Writing as the data arrive overlaps the
-    disk with the network, and the writeback of each :data:`WRITEBACK_STEP` starts at once, so
-    the fsync at commit finds little to do. A failure never raises from :meth:`write`: it is
-    kept and raised by :meth:`commit`, and the partial file is removed.
+    disk with the network: every :data:`WRITEBACK_STEP`, what arrived is flushed on another
+    thread (``flush_early``) or its writeback started, so the fsync at commit has less to do.
+    A failure never raises from :meth:`write`: it is kept and raised by :meth:`commit`, and the
+    partial file is removed.
     """
 
     def __init__(
