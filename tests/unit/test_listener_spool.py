@@ -13,6 +13,13 @@ from listeners import spool as spool_module
 from listeners.spool import Spool, is_valid_uid
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+# how a commit makes new folders durable: beside the file's fsync on other threads (alone),
+# after it on its own thread (among others), or made beforehand by SpoolWriter.prepare()
+FOLDER_MODES = pytest.mark.parametrize(
+    ("overlap", "prepare"),
+    [(True, False), (False, False), (True, True)],
+    ids=["folders-beside", "folders-after", "folders-prepared"],
+)
 
 
 def test_write_puts_the_bytes_under_the_uid_path_and_reports_their_digest(tmp_path: Path) -> None:
@@ -41,11 +48,7 @@ def test_a_failed_write_leaves_no_file_at_all(
     assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.parametrize(
-    ("overlap", "prepare"),
-    [(True, False), (False, False), (True, True)],
-    ids=["folders-beside", "folders-after", "folders-prepared"],
-)
+@FOLDER_MODES
 def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool, prepare: bool
 ) -> None:
@@ -78,11 +81,7 @@ def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
     assert [p.name for p in spool.incoming.iterdir()] == []
 
 
-@pytest.mark.parametrize(
-    ("overlap", "prepare"),
-    [(True, False), (False, False), (True, True)],
-    ids=["folders-beside", "folders-after", "folders-prepared"],
-)
+@FOLDER_MODES
 def test_a_folder_that_cannot_be_made_durable_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool, prepare: bool
 ) -> None:
