@@ -373,12 +373,10 @@ class StoreHandlers:
                 sop_uid, calling, DATASET_MISMATCH, "SOP Instance UID differs from the request's"
             )
         try:
-            path = self.spool.path_for(
-                parsed.study_instance_uid, parsed.series_instance_uid, sop_uid
-            )
-            # A resend finds its file in place (a stat, not a query, for every new instance);
-            # the row decides. One whose file is elsewhere (another study) is caught by the
-            # insert below.
+            path = self.spool.path_for(sop_uid)
+            # A resend the same day finds its file in place (a stat, not a query, for every new
+            # instance); the row decides. One whose file is elsewhere (another day) is caught by
+            # the insert below.
             resent = path.exists() and self.seen_before(sop_uid)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)

@@ -149,8 +149,8 @@ def test_alone_the_row_commits_after_the_file_is_durable_under_its_name(
     scan = factory.nm_whole_body()
     assert _send(handlers, scan, tmp_path).status == SUCCESS
     [path] = _files(handlers)
-    series_folder = f"fsync {scan.SeriesInstanceUID}"
-    assert events.index("statements") < events.index(series_folder) < events.index("commit")
+    day_folder = f"fsync {path.parent.name}"
+    assert events.index("statements") < events.index(day_folder) < events.index("commit")
     assert _rows(engine) == [(str(path), hashlib.sha256(path.read_bytes()).hexdigest())]
     assert handlers.arrivals.opened_jobs  # type: ignore[attr-defined]  # the 2-frame scan's job
 
@@ -164,7 +164,7 @@ def test_among_others_the_row_commits_after_the_file_is_durable(
     scan = factory.nm_whole_body()
     assert _send(handlers, scan, tmp_path).status == SUCCESS
     [path] = _files(handlers)
-    assert events.index(f"fsync {scan.SeriesInstanceUID}") < events.index("statements")
+    assert events.index(f"fsync {path.parent.name}") < events.index("statements")
     assert _rows(engine) == [(str(path), hashlib.sha256(path.read_bytes()).hexdigest())]
 
 
@@ -201,13 +201,25 @@ def test_a_file_that_cannot_be_made_durable_leaves_no_row(
     assert [p for p in handlers.spool.incoming.iterdir() if p.suffix == ".part"] == []
 
 
-def test_alone_a_resend_under_another_study_is_not_written(
-    handlers: StoreHandlers, engine: Engine, tmp_path: Path
+@pytest.mark.parametrize("others", [1, 2], ids=["alone", "among-others"])
+def test_a_resend_on_another_day_keeps_the_first_file(
+    handlers: StoreHandlers,
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    others: int,
 ) -> None:
+    """A resend whose file would lie elsewhere (filed on another day: no file in place to
+    find) is caught by the instance's unique key: alone, before anything is renamed; among
+    others, its new file is removed. The row keeps the first file."""
+    handlers.associations = lambda: others
     scan = factory.nm_whole_body()
+    today = handlers.spool.path_for
+    monkeypatch.setattr(handlers.spool, "path_for", lambda uid: today(uid, 1772366400.0))
     assert _send(handlers, scan, tmp_path).status == SUCCESS
     [path] = _files(handlers)
-    scan.StudyInstanceUID = pydicom.uid.generate_uid()  # a corrected header: another folder
+    assert path.parent.name == "2026-03-01"
+    monkeypatch.setattr(handlers.spool, "path_for", today)
     assert _send(handlers, scan, tmp_path).status == SUCCESS
     assert _files(handlers) == [path]
     assert [row[0] for row in _rows(engine)] == [str(path)]

@@ -80,9 +80,8 @@ def test_two_frame_scan_is_spooled_as_sent_recorded_and_enqueued(
     assert instance.skip_reason is None
     assert instance.series.series_instance_uid == ds.SeriesInstanceUID
     spooled = Path(instance.spool_path)
-    assert spooled == (
-        listener.spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
-    )
+    assert spooled.parent.parent == listener.spool  # a folder for the day it came (UTC)
+    assert spooled.name == f"{ds.SOPInstanceUID}.dcm"
     assert dataset_bytes(spooled) == dataset_bytes(sent)  # the data set exactly as sent
     assert instance.size_bytes == spooled.stat().st_size
     job = wait_for(
@@ -152,7 +151,8 @@ def test_resent_instance_keeps_its_first_file(
     start_listener: StartListener, tmp_path: Path
 ) -> None:
     """A resend is answered Success and changes nothing on disk: the same bytes again, and the
-    same SOP Instance under another study (a corrected header), whose file would lie elsewhere."""
+    same SOP Instance under another study (a corrected header). (One filed on another day,
+    whose file would lie elsewhere: test_listener_filing_order.)"""
     listener = start_listener()
     scan = factory.nm_whole_body()
     first = factory.save(scan, tmp_path / "first.dcm")

@@ -12,7 +12,8 @@ import pytest
 from listeners import spool as spool_module
 from listeners.spool import Spool, is_valid_uid
 
-STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"  # earlier versions filed by study, series
+NOON_1_MARCH_2026 = 1772366400.0  # UTC
 # how a commit makes new folders durable: beside the file's fsync on other threads (alone),
 # after it on its own thread (among others), or made beforehand by SpoolWriter.prepare()
 FOLDER_MODES = pytest.mark.parametrize(
@@ -22,11 +23,13 @@ FOLDER_MODES = pytest.mark.parametrize(
 )
 
 
-def test_write_puts_the_bytes_under_the_uid_path_and_reports_their_digest(tmp_path: Path) -> None:
+def test_write_puts_the_bytes_under_the_day_and_uid_and_reports_their_digest(
+    tmp_path: Path,
+) -> None:
     spool = Spool(tmp_path / "spool")
-    path = spool.path_for(STUDY, SERIES, SOP)
+    path = spool.path_for(SOP, NOON_1_MARCH_2026)
     stored = spool.write(path, b"head", b"body")
-    assert path == tmp_path / "spool" / STUDY / SERIES / f"{SOP}.dcm"
+    assert path == tmp_path / "spool" / "2026-03-01" / f"{SOP}.dcm"
     assert path.read_bytes() == b"headbody"
     assert stored.size_bytes == 8
     assert stored.content_digest == hashlib.sha256(b"headbody").hexdigest()
@@ -37,7 +40,7 @@ def test_a_failed_write_leaves_no_file_at_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = Spool(tmp_path / "spool")
-    path = spool.path_for(STUDY, SERIES, SOP)
+    path = spool.path_for(SOP)
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
@@ -66,7 +69,7 @@ def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
     monkeypatch.setattr(spool_module, "_fsync_dir", recording)
     root = tmp_path / "spool"
     spool = Spool(root)
-    path = spool.path_for(STUDY, SERIES, SOP)
+    path = spool.path_for(SOP)
     writer = spool.writer(SOP)
     if prepare:
         writer.prepare(path.parent)
@@ -75,8 +78,8 @@ def test_new_folders_are_fsynced_and_the_file_is_whole_either_way(
     stored = writer.commit(path, overlap=overlap)
     assert path.read_bytes() == b"headbody"
     assert stored.content_digest == hashlib.sha256(b"headbody").hexdigest()
-    # the new study and series folders' parents, and the series folder for the rename
-    assert sorted(synced) == sorted([root, root / STUDY, root / STUDY / SERIES])
+    # the new day folder's parent, and the day folder for the rename
+    assert sorted(synced) == sorted([root, path.parent])
     assert list(spool.files()) == [path]
     assert [p.name for p in spool.incoming.iterdir()] == []
 
@@ -89,13 +92,13 @@ def test_a_folder_that_cannot_be_made_durable_leaves_no_file(
     real = spool_module._fsync_dir
 
     def failing(path: Path) -> None:
-        if path == root:  # the new study folder's entry
+        if path == root:  # the new day folder's entry
             raise OSError(5, "Input/output error")
         real(path)
 
     monkeypatch.setattr(spool_module, "_fsync_dir", failing)
     spool = Spool(root)
-    path = spool.path_for(STUDY, SERIES, SOP)
+    path = spool.path_for(SOP)
     writer = spool.writer(SOP)
     if prepare:
         writer.prepare(path.parent)
@@ -107,7 +110,7 @@ def test_a_folder_that_cannot_be_made_durable_leaves_no_file(
 
 def test_rewrite_replaces_the_file_whole(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    path = spool.path_for(STUDY, SERIES, SOP)
+    path = spool.path_for(SOP)
     spool.write(path, b"first")
     spool.write(path, b"second")
     assert path.read_bytes() == b"second"
@@ -126,7 +129,7 @@ def test_partials_from_a_crash_are_removed(tmp_path: Path) -> None:
 def test_non_uids_never_become_paths(tmp_path: Path, uid: str) -> None:
     assert not is_valid_uid(uid)
     with pytest.raises(ValueError, match="not a valid UID"):
-        Spool(tmp_path).path_for(uid, SERIES, SOP)
+        Spool(tmp_path).path_for(uid)
 
 
 def test_a_failed_background_flush_fails_the_commit(
@@ -146,7 +149,7 @@ def test_a_failed_background_flush_fails_the_commit(
     for _ in range(4):
         writer.write(b"x" * spool_module.WRITEBACK_STEP)
     with pytest.raises(OSError, match="Input/output"):
-        writer.commit(spool.path_for(STUDY, SERIES, SOP))
+        writer.commit(spool.path_for(SOP))
     assert flushed
     assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
 
@@ -163,14 +166,14 @@ def _reserved(spool: Spool, timeout: float = 10.0) -> list[Path]:
 
 def test_a_file_made_ahead_is_the_next_writers_and_removed_at_close(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", reserve=1)
-    spool.write(spool.path_for(STUDY, SERIES, SOP), b"first")
+    spool.write(spool.path_for(SOP), b"first")
     [reserve] = _reserved(spool)
     assert reserve.stat().st_size == 0
     inode = reserve.stat().st_ino
     writer = spool.writer("1.2.3.4.6")
     assert writer.partial.stat().st_ino == inode  # the file made ahead, renamed
     writer.write(b"second")
-    path = spool.path_for(STUDY, SERIES, "1.2.3.4.6")
+    path = spool.path_for("1.2.3.4.6")
     writer.commit(path)
     assert path.read_bytes() == b"second"
     assert _reserved(spool)  # made again for the next one
@@ -189,9 +192,18 @@ def test_files_made_ahead_by_a_dead_process_are_removed(tmp_path: Path) -> None:
 
 def test_a_commit_elsewhere_than_the_prepared_folder_makes_its_own(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    path = spool.path_for(STUDY, SERIES, SOP)
+    path = spool.path_for(SOP)
     writer = spool.writer(SOP)
-    writer.prepare(spool.path_for("1.2.9", SERIES, SOP).parent)
+    writer.prepare(spool.path_for(SOP, NOON_1_MARCH_2026).parent)  # another day's
     writer.write(b"data")
     writer.commit(path)
     assert list(spool.files()) == [path]
+
+
+def test_files_of_earlier_versions_in_study_and_series_folders_are_found(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    today = spool.path_for(SOP)
+    spool.write(today, b"now")
+    earlier = tmp_path / "spool" / STUDY / SERIES / "1.2.3.4.6.dcm"
+    spool.write(earlier, b"before")
+    assert sorted(spool.files()) == sorted([today, earlier])
