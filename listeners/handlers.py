@@ -41,7 +41,7 @@ from listeners.scp import (
     StoreCommand,
     StoreSink,
 )
-from listeners.spool import Spool, Stored
+from listeners.spool import Spool, SpoolWriter, Stored
 from pipeline.db import filing
 from pipeline.db.filing import Filed
 from pipeline.db.ingest import ReceivedInstance
@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 # PS3.7 C.4.2.1.4 / PS3.4 B.2.3 statuses of a C-STORE response.
 OUT_OF_RESOURCES = 0xA700  # the sender keeps the instance and retries later
 DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
+FLUSH_PROBE_EVERY = 16  # alone, every 16th data set is written without early flushes (flush_early)
 
 
 @dataclass(frozen=True)
@@ -232,9 +233,15 @@ class _Receipt:
         self.peer = peer
         self.command = command
         self.header = PREAMBLE + file_meta(command, peer.calling_ae_title)
-        # hashed at the end, on another core, while the header is parsed (StoreHandlers.file)
+        # Alone in its process, a data set is hashed as it arrives, between the network's
+        # fragments: at the last one its digest is there, and no other thread wants the
+        # interpreter while its row is written. Among others, hashed when its file is durable
+        # (StoreHandlers.file).
+        alone = not handlers.in_flight
         self.writer = handlers.spool.writer(
-            command.sop_instance_uid, hash_here=False, flush_early=not handlers.in_flight
+            command.sop_instance_uid,
+            hash_here=alone,
+            flush_early=alone and handlers.flush_early(),
         )
         self.writer.write(self.header)
         handlers.in_flight.add(self)
@@ -284,6 +291,26 @@ class StoreHandlers:
         # how many associations the listener serves now, in all its processes (the SCP's
         # slots; see _store_while_syncing); until the server is wired, this process's own
         self.associations: Callable[[], int] = lambda: len(self.in_flight)
+        self._disk_behind = True  # see flush_early()
+        self._since_probe = 0
+
+    def flush_early(self) -> bool:
+        """Whether a data set alone in its process flushes its bytes while they arrive
+        (:class:`~listeners.spool.SpoolWriter`): only while the disk is what the answer waits
+        for — the file's fsync still running when its row is ready. A flush costs the
+        processor three hand-offs between threads; on a disk whose cache flush takes long it
+        saves more (README "Listener throughput"). Every 16th data set does without, to see
+        whether the disk is still behind."""
+        if not self._disk_behind:
+            return False
+        self._since_probe = (self._since_probe + 1) % FLUSH_PROBE_EVERY
+        return self._since_probe != 0
+
+    def _note_disk(self, writer: SpoolWriter) -> None:
+        """After the row of a data set alone in the listener is ready: was its file's fsync,
+        without early flushes, still waiting on the disk?"""
+        if not writer.flush_early:
+            self._disk_behind = writer.syncing()
 
     def accepted(self, peer: Peer) -> None:
         self.metrics.associations.labels("accepted", "").inc()
@@ -325,17 +352,22 @@ class StoreHandlers:
 
         The content digest (SHA-256 of the stored bytes) is the only hash of the data: the
         job's idempotency key is built from it too. A data set that is alone in this process
-        overlaps its work on the idle core: the partial file's fsync and the digest start first,
-        on other threads, and run while the header is parsed, and new folders are fsynced beside
-        the file. While other data sets arrive too, the cores are busy with them and hand-offs
-        to other threads only add thread switches (measured: 83 → 51 per file over 20
-        associations), so this thread does all of it itself — the digest once the file is
-        durable, and only for a data set that is kept.
+        was hashed as it arrived, and overlaps the rest on the idle core: the partial file's
+        fsync starts first, on another thread, and runs while the header is parsed and the row
+        written (a data set that began among others and ends alone is hashed there too). While
+        other data sets arrive too, the cores are busy with them and hand-offs to other threads
+        only add thread switches (measured: 83 → 51 per file over 20 associations), so this
+        thread does all of it itself — the digest once the file is durable, and only for a data
+        set that is kept.
         """
         overlap = len(self.in_flight) <= 1
         content: Future[str] | None = None
+        hashed = receipt.writer.digest()
         if overlap:
             receipt.writer.start_sync()
+        if hashed is not None:
+            digest: Callable[[], str] = functools.partial(str, hashed)
+        elif overlap:
             content = self._hashing.submit(sha256_hex, receipt.header, data)
             digest = content.result
         else:
@@ -374,15 +406,17 @@ class StoreHandlers:
             )
         try:
             path = self.spool.path_for(sop_uid)
-            # A resend the same day finds its file in place (a stat, not a query, for every new
-            # instance); the row decides. One whose file is elsewhere (another day) is caught by
-            # the insert below.
-            resent = path.exists() and self.seen_before(sop_uid)
+            alone = overlap and self.associations() <= 1
+            # Alone, a resend is caught by the instance's insert before anything is renamed.
+            # Among others the file is made durable first, and must not replace the first one:
+            # a resend the same day finds its file in place (a stat, not a query, for every new
+            # instance), the row decides; one filed on another day is caught by the insert.
+            resent = not alone and path.exists() and self.seen_before(sop_uid)
         except (OSError, SQLAlchemyError) as error:
             return self._out_of_resources(sop_uid, "spool or database", error)
         if resent:
             return self._duplicate(sop_uid, calling)
-        if overlap and self.associations() <= 1:
+        if alone:
             return self._store_while_syncing(receipt, parsed, path, digest)
         return self._store_then_record(receipt, parsed, path, digest, overlap=overlap)
 
@@ -425,8 +459,8 @@ class StoreHandlers:
         committed once the file is durable under its final name — rolled back if it is not.
 
         The same order of durability as :meth:`_store_then_record` (file, then row, then
-        Success), with the row's processor time spent inside the disk's; a resend filed under
-        another path is found by the insert before anything is renamed. The write transaction
+        Success), with the row's processor time spent inside the disk's; a resend (its file in
+        place, or filed on another day) is found by the insert before anything is renamed. The write transaction
         stays open for the fsync, so this is only done while no other association could be
         waiting for it.
         """
@@ -446,7 +480,8 @@ class StoreHandlers:
                 [recorded] = filing.file_instances(
                     connection, [row], self.writer.model_version, series=series
                 )
-                if recorded.instance_id is not None:  # a resend (filed elsewhere) is not written
+                if recorded.instance_id is not None:  # a resend is not written
+                    self._note_disk(receipt.writer)
                     receipt.writer.commit(path, digest)
                     durable = True
         except OSError as error:

@@ -171,14 +171,17 @@ class SpoolWriter:
         hash_here: bool = True,
         reserved: tuple[Path, int] | None = None,
         flush_early: bool = False,
+        known_folders: set[Path] | None = None,
     ) -> None:
         self._syncer = syncer
+        # folders this process made durable (or found there): prepare() need not make them
+        self._known_folders = known_folders if known_folders is not None else set()
         self._hasher = hashlib.sha256() if hash_here else None
         self.size = 0
         self._synced_to = 0
         self._sync: Future[None] | None = None  # the fsync start_sync() began
         self._flush: Future[None] | None = None  # the latest flush of what arrived so far
-        self._flush_early = flush_early
+        self.flush_early = flush_early
         # the final folder, being made on another thread (prepare())
         self._folder: tuple[Path, Future[None]] | None = None
         self.error: OSError | None = None
@@ -204,7 +207,10 @@ class SpoolWriter:
     def prepare(self, folder: Path) -> None:
         """Start making the final ``folder`` (and its missing parents) on another thread, with
         their entries durable, as :meth:`commit` would; a commit into that folder then only
-        waits for it (one elsewhere does it itself)."""
+        waits for it (one elsewhere does it itself). Nothing for a folder a commit of this
+        process used before (the day's): commit's own mkdir finds it there."""
+        if folder in self._known_folders:
+            return  # commit's mkdir finds it (and makes it again, durably, if it went)
         if self._folder is None and self.error is None:
             self._folder = (folder, self._syncer.submit(_make_durable_dirs, folder))
 
@@ -225,7 +231,7 @@ class SpoolWriter:
             self._hasher.update(chunk)  # releases the interpreter lock for a fragment
         self.size += len(chunk)
         if self.size - self._synced_to >= WRITEBACK_STEP:
-            if self._flush_early:
+            if self.flush_early:
                 self._flush_written()
             elif _START_WRITEBACK is not None:
                 _START_WRITEBACK(self._fd, self._synced_to, self.size - self._synced_to)
@@ -247,6 +253,14 @@ class SpoolWriter:
         elif _START_WRITEBACK is not None:
             _START_WRITEBACK(self._fd, self._synced_to, self.size - self._synced_to)
         self._synced_to = self.size
+
+    def digest(self) -> str | None:
+        """The SHA-256 of the bytes written so far, when this writer hashes them."""
+        return None if self._hasher is None else self._hasher.hexdigest()
+
+    def syncing(self) -> bool:
+        """Whether the fsync :meth:`start_sync` began is still waiting on the disk."""
+        return self._sync is not None and not self._sync.done()
 
     def start_sync(self) -> None:
         """Start the fsync of what was written, on another thread (:meth:`commit` waits for
@@ -306,6 +320,9 @@ class SpoolWriter:
             except BaseException:
                 path.unlink(missing_ok=True)  # not durable: not there
                 raise
+            if len(self._known_folders) > 64:
+                self._known_folders.clear()  # one folder a day: a bound, never reached
+            self._known_folders.add(path.parent)
         finally:
             for future in parents if early is None else [*parents, early[1]]:
                 future.exception()  # no fsync outlives the call
@@ -348,6 +365,7 @@ class Spool:
         self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bonescan-fsync")
         self._reserve = reserve
         self._reserved: queue.SimpleQueue[tuple[Path, int]] = queue.SimpleQueue()
+        self._known_folders: set[Path] = set()  # see SpoolWriter.prepare
 
     def path_for(self, sop_uid: str, received: float | None = None) -> Path:
         """The final path of an instance received at ``received`` (seconds since the epoch;
@@ -378,6 +396,7 @@ class Spool:
             hash_here=hash_here,
             reserved=reserved,
             flush_early=flush_early,
+            known_folders=self._known_folders,
         )
 
     def _make_reserve(self) -> None:
