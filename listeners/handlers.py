@@ -460,9 +460,9 @@ class StoreHandlers:
 
         The same order of durability as :meth:`_store_then_record` (file, then row, then
         Success), with the row's processor time spent inside the disk's; a resend (its file in
-        place, or filed on another day) is found by the insert before anything is renamed. The write transaction
-        stays open for the fsync, so this is only done while no other association could be
-        waiting for it.
+        place, or filed on another day) is found by the insert before anything is renamed. The
+        write transaction stays open for the fsync, so this is only done while no other
+        association could be waiting for it.
         """
         sop_uid = receipt.command.sop_instance_uid
         calling = receipt.peer.calling_ae_title

@@ -223,3 +223,31 @@ def test_a_resend_on_another_day_keeps_the_first_file(
     assert _send(handlers, scan, tmp_path).status == SUCCESS
     assert _files(handlers) == [path]
     assert [row[0] for row in _rows(engine)] == [str(path)]
+
+
+def test_alone_early_flushes_only_while_the_disk_is_behind(
+    handlers: StoreHandlers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data set alone flushes its bytes while they arrive only while the disk was behind:
+    the fsync of one written without them still running when its row was ready. Every 16th
+    data set is such a probe."""
+    plan = [handlers.flush_early() for _ in range(32)]
+    assert [i for i, flushes in enumerate(plan) if not flushes] == [15, 31]
+    behind = [False]
+    monkeypatch.setattr(spool_module.SpoolWriter, "syncing", lambda self: behind[0])
+    flushes: list[bool] = []
+    real_writer = handlers.spool.writer
+
+    def writer(name: str, **options: bool) -> spool_module.SpoolWriter:
+        flushes.append(options["flush_early"])
+        return real_writer(name, **options)
+
+    monkeypatch.setattr(handlers.spool, "writer", writer)
+    for _ in range(14):
+        handlers.flush_early()  # the next data set flushes early, the one after is a probe
+    for disk_behind in (False, False, True, True):
+        behind[0] = disk_behind
+        assert _send(handlers, factory.nm_whole_body(), tmp_path).status == SUCCESS
+    # the first flushes early (its fsync is not judged); the second is a probe and finds the
+    # disk not behind, so the third goes without; it finds the disk behind: the fourth flushes
+    assert flushes == [True, False, False, True]

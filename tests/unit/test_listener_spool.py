@@ -207,3 +207,37 @@ def test_files_of_earlier_versions_in_study_and_series_folders_are_found(tmp_pat
     earlier = tmp_path / "spool" / STUDY / SERIES / "1.2.3.4.6.dcm"
     spool.write(earlier, b"before")
     assert sorted(spool.files()) == sorted([today, earlier])
+
+
+def test_a_folder_used_before_is_not_made_again_unless_it_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prepare() does nothing for the day's folder once a commit used it; if the folder was
+    removed meanwhile, the commit makes it again, its entry durable."""
+    synced: list[Path] = []
+    real = spool_module._fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", recording)
+    root = tmp_path / "spool"
+    spool = Spool(root)
+    first = spool.path_for(SOP, NOON_1_MARCH_2026)
+    spool.write(first, b"first")
+    for sop, removed in (("1.2.3.4.6", False), ("1.2.3.4.7", True)):
+        if removed:
+            for path in spool.files():
+                path.unlink()
+            first.parent.rmdir()
+        synced.clear()
+        writer = spool.writer(sop)
+        writer.prepare(first.parent)
+        assert writer._folder is None  # no task to make it
+        writer.write(b"next")
+        path = spool.path_for(sop, NOON_1_MARCH_2026)
+        writer.commit(path)
+        assert path.read_bytes() == b"next"
+        # the folder's fsync for the rename, and its parent's when it was made again
+        assert sorted(synced) == sorted([path.parent, root] if removed else [path.parent])
