@@ -365,6 +365,7 @@ class StoreHandlers:
         hashed = receipt.writer.digest()
         if overlap:
             receipt.writer.start_sync()
+        self.spool.make_ahead()  # the next data set's file
         if hashed is not None:
             digest: Callable[[], str] = functools.partial(str, hashed)
         elif overlap:

@@ -388,7 +388,8 @@ class Spool:
         if self._reserve:
             with contextlib.suppress(queue.Empty):
                 reserved = self._reserved.get_nowait()
-            self._syncer.submit(self._make_reserve)  # the next writer's
+            if reserved is None:
+                self.make_ahead()  # none was: the next writer's, at least
         return SpoolWriter(
             self.incoming,
             self._syncer,
@@ -398,6 +399,15 @@ class Spool:
             flush_early=flush_early,
             known_folders=self._known_folders,
         )
+
+    def make_ahead(self) -> None:
+        """Start making the next writer's file ahead, on another thread (with ``reserve``).
+
+        The listener calls it when a data set's last fragment is in: the sender then waits
+        for the answer, so the inode allocation takes a processor nobody needs, not one the
+        next data set's fragments are arriving on."""
+        if self._reserve:
+            self._syncer.submit(self._make_reserve)
 
     def _make_reserve(self) -> None:
         if self._reserved.qsize() >= self._reserve:

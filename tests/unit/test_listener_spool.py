@@ -176,6 +176,8 @@ def test_a_file_made_ahead_is_the_next_writers_and_removed_at_close(tmp_path: Pa
     path = spool.path_for("1.2.3.4.6")
     writer.commit(path)
     assert path.read_bytes() == b"second"
+    assert not list(spool.incoming.glob(f"*{spool_module.RESERVE_SUFFIX}"))
+    spool.make_ahead()  # the listener's handler, at a data set's last fragment
     assert _reserved(spool)  # made again for the next one
     spool.close()
     assert list(spool.incoming.iterdir()) == []
