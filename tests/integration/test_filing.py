@@ -7,7 +7,9 @@ import threading
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.db import filing, ingest, migrate
@@ -202,3 +204,83 @@ def test_mark_queued_moves_received_jobs_only(engine: Engine) -> None:
             "sent",
             "queued",
         )
+
+
+def test_timestamps_and_states_are_stored_as_sqlalchemy_stores_them(
+    engine: Engine, database_url: str
+) -> None:
+    """The listener's statements run on the DBAPI cursor with SQLAlchemy's compiled SQL and
+    bind processors: what they store reads back, and compares, like what the ORM stored."""
+    with make_session_factory(engine).begin() as session:
+        _orm(session, [_received(1)])
+    with engine.begin() as connection:
+        filing.file_instances(connection, [_received(2)], VERSION)
+    columns = "received_at, sop_instance_uid"
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            f"SELECT {columns} FROM instances ORDER BY sop_instance_uid"
+        ).all()
+        states = connection.exec_driver_sql("SELECT state FROM jobs ORDER BY id").scalars().all()
+    assert states == [JobState.RECEIVED.value] * 2
+    orm_at, core_at = (row[0] for row in stored)
+    assert type(orm_at) is type(core_at)  # text on SQLite, a datetime on PostgreSQL
+    if isinstance(orm_at, str):
+        assert [len(orm_at), orm_at[10]] == [len(core_at), core_at[10]]  # one format
+    assert orm_at <= core_at  # and they compare in time order
+    with make_session_factory(engine)() as session:
+        times = session.scalars(select(Instance.received_at)).all()
+    assert all(at.tzinfo is not None for at in times)
+
+
+def test_a_statement_the_database_refuses_raises_sqlalchemys_error_without_patient_data(
+    engine: Engine,
+) -> None:
+    row = _received(1, patient_name="Private^Patient")
+    with engine.begin() as connection:
+        filing.file_instances(connection, [row], VERSION)
+    with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+        filing._insert(  # an instance of a series that does not exist
+            connection,
+            filing._insert_ignore(connection, filing.INSTANCES, "sop_instance_uid", "id"),
+            [
+                {
+                    "series_id": 999_999,
+                    "sop_instance_uid": "1.2.3",
+                    "sop_class_uid": row.sop_class_uid,
+                    "calling_ae_title": "Private^Patient",
+                    "transfer_syntax_uid": row.transfer_syntax_uid,
+                    "size_bytes": 1,
+                    "content_digest": "0" * 64,
+                    "spool_path": "/x.dcm",
+                }
+            ],
+        )
+    assert "Private^Patient" not in str(raised.value)
+
+
+def test_a_column_left_out_gets_its_default_as_sqlalchemy_would_give_it(engine: Engine) -> None:
+    row = _received(1)
+    with engine.begin() as connection:
+        filing.file_instances(connection, [row], VERSION)
+        series_id = connection.execute(select(Series.id)).scalar_one()
+        filing._insert(  # received_at left out: its default (now) is filled in
+            connection,
+            filing._insert_ignore(connection, filing.INSTANCES, "sop_instance_uid", "id"),
+            [
+                {
+                    "series_id": series_id,
+                    "sop_instance_uid": "1.2.3",
+                    "sop_class_uid": row.sop_class_uid,
+                    "calling_ae_title": "MODALITY",
+                    "transfer_syntax_uid": row.transfer_syntax_uid,
+                    "size_bytes": 1,
+                    "content_digest": "0" * 64,
+                    "spool_path": "/x.dcm",
+                }
+            ],
+        )
+    with make_session_factory(engine)() as session:
+        at = session.scalars(
+            select(Instance.received_at).where(Instance.sop_instance_uid == "1.2.3")
+        ).one()
+    assert at.tzinfo is not None
